@@ -1,0 +1,61 @@
+"""The one contract every model answers: ``recommend(users, k, history, exclude_seen)``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import scipy.sparse as sp
+
+SCORE_BATCH = 1024
+
+
+def topk_from_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-k (descending score, ties by lower index); -inf entries become id -1.
+
+    Always k columns: a catalog smaller than k is padded with id -1 and score -inf."""
+    if k > scores.shape[1]:
+        pad = np.full((scores.shape[0], k - scores.shape[1]), -np.inf, dtype=scores.dtype)
+        scores = np.hstack([scores, pad])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    ids = np.take_along_axis(part, order, axis=1)
+    top = np.take_along_axis(part_scores, order, axis=1)
+    ids = np.where(np.isneginf(top), -1, ids)
+    return ids, top
+
+
+def mask_rows(scores: np.ndarray, rows: sp.csr_matrix) -> None:
+    """Set the items present in each row of ``rows`` to -inf, in place."""
+    coo = rows.tocoo()
+    scores[coo.row, coo.col] = -np.inf
+
+
+class Recommender(ABC):
+    """Scores every item for a batch of users; subclasses implement ``score`` (dense) or override
+    ``recommend`` (e.g. an ANN index)."""
+
+    name = "model"
+
+    @abstractmethod
+    def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
+        """[len(users), n_items] scores given each user's history rows (aligned with ``users``)."""
+
+    def recommend(self, users: np.ndarray, k: int, history: sp.csr_matrix, exclude_seen: bool = True,
+                  exclude: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item indices and scores for ``users`` (indices into ``history``'s rows)."""
+        users = np.asarray(users)
+        ids, scores = [], []
+        for start in range(0, len(users), SCORE_BATCH):
+            batch = users[start:start + SCORE_BATCH]
+            rows = history[batch]
+            dense = self.score(batch, rows).astype(np.float32, copy=False)
+            if exclude_seen:
+                mask_rows(dense, rows)
+            if exclude is not None:
+                mask_rows(dense, exclude[start:start + SCORE_BATCH])
+            batch_ids, batch_scores = topk_from_scores(dense, k)
+            ids.append(batch_ids)
+            scores.append(batch_scores)
+        return np.vstack(ids), np.vstack(scores)

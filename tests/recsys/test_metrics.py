@@ -1,0 +1,36 @@
+"""Metrics against hand-computed cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recsys.metrics import topk_metrics
+
+
+def test_hand_computed_case():
+    topk = np.array([[3, 1, 2] + [-1] * 17,   # target at rank 2
+                     [5, 6, 7] + [-1] * 17,   # miss
+                     [9] + [-1] * 19])        # target at rank 1
+    targets = np.array([1, 0, 9])
+    m = topk_metrics(topk, targets, n_items=10)
+    assert m["HR@10"] == pytest.approx(2 / 3)
+    assert m["NDCG@10"] == pytest.approx((1 / np.log2(3) + 1.0) / 3)
+    assert m["MRR@10"] == pytest.approx((0.5 + 1.0) / 3)
+    assert m["Recall@20"] == m["HR@20"] == pytest.approx(2 / 3)
+    assert m["coverage@10"] == pytest.approx(7 / 10)
+    assert m["users"] == 3
+    assert m["HR@10_se"] == pytest.approx(np.std([1, 0, 1], ddof=1) / np.sqrt(3))
+
+
+def test_rank_beyond_k_does_not_count():
+    topk = np.tile(np.arange(20), (1, 1))
+    m = topk_metrics(topk, np.array([15]), n_items=20)
+    assert m["HR@10"] == 0 and m["HR@20"] == 1 and m["NDCG@20"] == pytest.approx(1 / np.log2(17))
+
+
+def test_shape_errors_are_clear():
+    with pytest.raises(ValueError, match="columns"):
+        topk_metrics(np.zeros((2, 5), dtype=int), np.zeros(2, dtype=int), 10)
+    with pytest.raises(ValueError, match="aligned"):
+        topk_metrics(np.zeros((2, 20), dtype=int), np.zeros(3, dtype=int), 10)

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.recommender import Recommender
+from recsys.recommender import Recommender, as_seen
 from recsys.split import Split
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class ItemKNN(Recommender):
         return sp.csr_matrix((values, (rows, cols.ravel())), shape=sim.shape)
 
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
-        return (history @ self.similarity).toarray()
+        return (as_seen(history) @ self.similarity).toarray()
 
 
 class EASE(Recommender):
@@ -92,7 +92,7 @@ class EASE(Recommender):
         return self
 
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
-        return np.asarray(history @ self.weights)
+        return np.asarray(as_seen(history) @ self.weights)
 
 
 BASELINES = {"pop": Popularity, "itemknn": ItemKNN, "ease": EASE, "random": RandomScores}

@@ -21,20 +21,17 @@ from recsys.baselines import BASELINES, fit_baseline
 from recsys.data.datasets import DEFAULT_DATA_DIR, load_dataset
 from recsys.data.schema import DataError
 from recsys.metrics import topk_metrics
-from recsys.recommender import Recommender
+from recsys.recommender import ModelSpecError, Recommender
 from recsys.split import Split, temporal_split
 
 log = logging.getLogger(__name__)
 
 TOPK = 20
 TABLE_COLUMNS = ("HR@10", "NDCG@10", "Recall@20", "NDCG@20", "MRR@10", "coverage@10")
+MODEL_STAGES = ("full", "retrieval")  # what of a two-stage model to score: retrieve -> rank, or retrieve only
 
-# Directory-model loaders register here (checkpoints, bundles): (predicate, loader(path, split)).
-DIRECTORY_LOADERS: list[tuple[Callable[[Path], bool], Callable[[Path, Split], Recommender]]] = []
-
-
-class ModelSpecError(ValueError):
-    """The --model argument names nothing we can load."""
+# Directory-model loaders register here (checkpoints, bundles): (predicate, loader(path, split, model_stage)).
+DIRECTORY_LOADERS: list[tuple[Callable[[Path], bool], Callable[[Path, Split, str], Recommender]]] = []
 
 
 def score_topk(topk: np.ndarray, split: Split, stage: str = "test") -> dict[str, float]:
@@ -44,9 +41,18 @@ def score_topk(topk: np.ndarray, split: Split, stage: str = "test") -> dict[str,
 
 
 def recommend_for_stage(model: Recommender, split: Split, stage: str = "test", k: int = TOPK) -> np.ndarray:
-    """Top-k lists for every user with a held-out item, seen items excluded."""
+    """Top-k lists for every user with a held-out item, seen items excluded.
+
+    Models that declare ``accepts_context`` (the two-stage pipeline) also get each request's
+    context: the held-out interaction's time and, on Instacart, its order's day/hour/gap.
+    """
     users, _ = split.targets(stage)
-    ids, _ = model.recommend(users, k, split.history(stage), exclude_seen=True)
+    extra = {}
+    if getattr(model, "accepts_context", False):
+        from recsys.ranking_features import request_context
+
+        extra["context"] = request_context(split, stage)
+    ids, _ = model.recommend(users, k, split.user_history(stage), exclude_seen=True, **extra)
     return ids
 
 
@@ -80,14 +86,38 @@ def frame_to_topk(frame: pd.DataFrame, split: Split, stage: str = "test", k: int
     return topk
 
 
-def load_model(spec: str, split: Split) -> Recommender:
+def _load_model_dir(path: Path, split: Split, model_stage: str = "full") -> Recommender:
+    from recsys.model_dir import check_same_data, load_trained
+    from recsys.pipeline import PipelineRecommender
+    from recsys.pipeline_torch import pipeline_from_trained
+
+    trained = load_trained(path)
+    check_same_data(trained, split.users, split.items, path)
+    pipeline = pipeline_from_trained(trained, path, with_ranker=model_stage == "full")
+    recommender = PipelineRecommender(pipeline)
+    what = "two-tower + ranker" if pipeline.has_ranker else "two-tower"
+    recommender.display_name = f"{what} ({path.name})"
+    return recommender
+
+
+def _is_model_dir(path: Path) -> bool:
+    from recsys.model_dir import is_model_dir
+
+    return is_model_dir(path)
+
+
+DIRECTORY_LOADERS.append((_is_model_dir, _load_model_dir))
+
+
+def load_model(spec: str, split: Split, model_stage: str = "full") -> Recommender:
+    """A baseline by name, or a model/bundle directory (``model_stage`` "retrieval": towers only)."""
     if spec in BASELINES:
         return fit_baseline(spec, split)
     path = Path(spec)
     if path.is_dir():
         for matches, loader in DIRECTORY_LOADERS:
             if matches(path):
-                return loader(path, split)
+                return loader(path, split, model_stage)
         raise ModelSpecError(f"{path} is not a model directory or bundle (no config.json / manifest.json)")
     raise ModelSpecError(f"unknown model {spec!r}: use one of {sorted(BASELINES)} or a model/bundle directory")
 
@@ -108,7 +138,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--items", help="item catalog for a user log (CSV/Parquet)")
     parser.add_argument("--users", help="user table for a user log (CSV/Parquet)")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="dataset cache (default: data/)")
-    parser.add_argument("--stage", choices=("test", "valid"), default="test")
+    parser.add_argument("--split", choices=("test", "valid"), default="test", help="held-out interactions to score")
+    parser.add_argument("--stage", choices=MODEL_STAGES, default="full",
+                        help="for a model dir: the full retrieve -> rank pipeline, or retrieval alone")
     parser.add_argument("--topk-out", help="write the top-20 lists as CSV user_id,rank,item_id")
     parser.add_argument("--topk-in", help="score an existing top-K CSV instead of a model")
     parser.add_argument("--json", help="write the metrics as JSON here")
@@ -119,19 +151,20 @@ def run(args: argparse.Namespace) -> dict:
     split = temporal_split(load_dataset(args.dataset, args.data_dir, args.items, args.users))
     started = time.perf_counter()
     if args.topk_in:
-        topk = frame_to_topk(pd.read_csv(args.topk_in), split, args.stage)
+        topk = frame_to_topk(pd.read_csv(args.topk_in), split, args.split)
         name = Path(args.topk_in).name
     else:
-        model = load_model(args.model, split)
-        topk = recommend_for_stage(model, split, args.stage)
+        model = load_model(args.model, split, args.stage)
+        topk = recommend_for_stage(model, split, args.split)
         name = getattr(model, "display_name", args.model)
-    metrics = score_topk(topk, split, args.stage)
+    metrics = score_topk(topk, split, args.split)
     metrics["seconds"] = round(time.perf_counter() - started, 3)
     sys.stdout.write(format_table({name: metrics}) + "\n")
     if args.topk_out:
-        topk_to_frame(topk, split, args.stage).to_csv(args.topk_out, index=False)
+        topk_to_frame(topk, split, args.split).to_csv(args.topk_out, index=False)
     if args.json:
-        payload = {"dataset": args.dataset, "model": args.model, "stage": args.stage, **metrics}
+        payload = {"dataset": args.dataset, "model": args.model, "split": args.split, "stage": args.stage,
+                   **metrics}
         Path(args.json).write_text(json.dumps(payload, indent=2))
     return metrics
 

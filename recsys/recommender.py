@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,6 +33,25 @@ def mask_rows(scores: np.ndarray, rows: sp.csr_matrix) -> None:
     scores[coo.row, coo.col] = -np.inf
 
 
+class ModelSpecError(ValueError):
+    """A model argument or directory names nothing we can load; the message says what to do."""
+
+
+@dataclass
+class History:
+    """What a model knows about users: the seen set and the most recent items in time order."""
+
+    seen: sp.csr_matrix
+    recent: np.ndarray  # [users, max_len] item indices, most recent last, left-padded with -1
+
+    def rows(self, users: np.ndarray) -> History:
+        return History(self.seen[users], self.recent[users])
+
+
+def as_seen(history: History | sp.csr_matrix) -> sp.csr_matrix:
+    return history.seen if isinstance(history, History) else history
+
+
 class Recommender(ABC):
     """Scores every item for a batch of users; subclasses implement ``score`` (dense) or override
     ``recommend`` (e.g. an ANN index)."""
@@ -42,17 +62,17 @@ class Recommender(ABC):
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
         """[len(users), n_items] scores given each user's history rows (aligned with ``users``)."""
 
-    def recommend(self, users: np.ndarray, k: int, history: sp.csr_matrix, exclude_seen: bool = True,
+    def recommend(self, users: np.ndarray, k: int, history: History | sp.csr_matrix, exclude_seen: bool = True,
                   exclude: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k item indices and scores for ``users`` (indices into ``history``'s rows)."""
         users = np.asarray(users)
         ids, scores = [], []
         for start in range(0, len(users), SCORE_BATCH):
             batch = users[start:start + SCORE_BATCH]
-            rows = history[batch]
+            rows = history.rows(batch) if isinstance(history, History) else history[batch]
             dense = self.score(batch, rows).astype(np.float32, copy=False)
             if exclude_seen:
-                mask_rows(dense, rows)
+                mask_rows(dense, as_seen(rows))
             if exclude is not None:
                 mask_rows(dense, exclude[start:start + SCORE_BATCH])
             batch_ids, batch_scores = topk_from_scores(dense, k)

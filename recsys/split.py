@@ -11,8 +11,10 @@ import scipy.sparse as sp
 from recsys.data.datasets import Dataset
 from recsys.data.idmap import IdMap
 from recsys.data.schema import ITEM, TIME, USER, DataError
+from recsys.recommender import History
 
 MIN_INTERACTIONS = 3
+MAX_RECENT = 50
 ROW = "row"
 
 
@@ -50,9 +52,25 @@ class Split:
         """Binary user x item matrix of the history (also the items excluded when scoring)."""
         return interaction_matrix(self.history_frame(stage), self.n_users, self.n_items)
 
+    def user_history(self, stage: str, max_len: int = MAX_RECENT) -> History:
+        """Seen set + the ``max_len`` most recent items of every user, as known when scoring ``stage``."""
+        frame = self.history_frame(stage)
+        return History(interaction_matrix(frame, self.n_users, self.n_items),
+                       recent_items(frame, self.n_users, max_len))
+
     def targets(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
         frame = self.stage_frame(stage)
         return frame["u"].to_numpy(), frame["i"].to_numpy()
+
+
+def recent_items(frame: pd.DataFrame, n_users: int, max_len: int) -> np.ndarray:
+    """[n_users, max_len] of each user's last items in canonical order, left-padded with -1."""
+    users = frame["u"].to_numpy()
+    from_end = frame.groupby("u", sort=False).cumcount(ascending=False).to_numpy()
+    keep = from_end < max_len
+    recent = np.full((n_users, max_len), -1, dtype=np.int32)
+    recent[users[keep], max_len - 1 - from_end[keep]] = frame["i"].to_numpy()[keep]
+    return recent
 
 
 def interaction_matrix(frame: pd.DataFrame, n_users: int, n_items: int) -> sp.csr_matrix:

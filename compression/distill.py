@@ -1,0 +1,79 @@
+"""Teacher -> student distillation for the retrieval towers.
+
+The student learns from the data (the same sampled softmax as the teacher) plus two teacher
+signals: KL between the teacher's and the student's in-batch score distributions at a
+temperature, and ranking distillation on the teacher's top-K items (Tang & Wang, KDD 2018),
+whose position weights make the student care most about the teacher's first few items.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from recsys.models.two_tower import TwoTower
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TowerDistillConfig:
+    kl_weight: float = 1.0
+    kl_temperature: float = 2.0
+    rank_weight: float = 0.5
+    rank_topk: int = 10
+    rank_decay: float = 5.0  # position weights exp(-rank / decay)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def position_weights(k: int, decay: float) -> torch.Tensor:
+    weights = torch.exp(-torch.arange(k, dtype=torch.float32) / decay)
+    return weights / weights.sum()
+
+
+class TowerDistiller:
+    """An ``extra_loss`` for `train_two_tower`: the frozen teacher's view of every batch."""
+
+    def __init__(self, teacher: TwoTower, cfg: TowerDistillConfig):
+        self.teacher = teacher.eval()
+        for param in self.teacher.parameters():
+            param.requires_grad_(False)
+        self.cfg = cfg
+        with torch.no_grad():
+            n = teacher.cfg.n_items
+            self.teacher_items = teacher.item_vectors(torch.arange(1, n + 1))
+        self.weights = position_weights(cfg.rank_topk, cfg.rank_decay)
+
+    @torch.no_grad()
+    def _teacher_view(self, users1, history1, targets):
+        user_vec = self.teacher.user_vectors(users1, history1)
+        inbatch = user_vec @ self.teacher_items[targets].T * self.teacher.inv_temperature
+        full = user_vec @ self.teacher_items.T
+        # The teacher's top-K among items the user has not just interacted with.
+        full.scatter_(1, history1.clamp_min(1) - 1, -1e4)
+        top = full.topk(self.cfg.rank_topk, dim=1).indices
+        return inbatch, top
+
+    def __call__(self, student: TwoTower, users1, history1, targets, user_vec, item_vec) -> torch.Tensor:
+        teacher_logits, teacher_top = self._teacher_view(users1, history1, targets)
+        tau = self.cfg.kl_temperature
+        student_logits = user_vec @ item_vec.T * student.inv_temperature
+        kl = F.kl_div(F.log_softmax(student_logits / tau, dim=1), F.log_softmax(teacher_logits / tau, dim=1),
+                      log_target=True, reduction="batchmean") * tau * tau
+        top_vec = student.item_vectors(teacher_top + 1)  # [B, K, D]
+        top_logits = torch.einsum("bd,bkd->bk", user_vec, top_vec) * student.inv_temperature
+        logits = torch.cat([top_logits, student_logits], dim=1)
+        rank = -(F.log_softmax(logits, dim=1)[:, : self.cfg.rank_topk] * self.weights).sum(1).mean()
+        return self.cfg.kl_weight * kl + self.cfg.rank_weight * rank
+
+
+def topk_overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean fraction of shared items between two aligned [users, K] top-K lists."""
+    shared = [len(np.intersect1d(x[x >= 0], y[y >= 0])) / max(1, (x >= 0).sum()) for x, y in zip(a, b, strict=True)]
+    return float(np.mean(shared)) if shared else 0.0

@@ -1,0 +1,49 @@
+"""Torch-free candidate helpers shared by retrieval, the pipeline and serving.
+
+User-tower inputs from history rows, and ANN search that drops banned (seen / excluded) items
+while keeping the index's rank order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def history_inputs(users: np.ndarray, recent: np.ndarray, history_len: int,
+                   known_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs (index + 1, 0 = unknown/padding) from user indices and recent-item rows."""
+    users1 = np.where((users >= 0) & (users < known_users), users + 1, 0).astype(np.int64)
+    window = recent[:, -history_len:] if recent.shape[1] >= history_len else np.pad(
+        recent, ((0, 0), (history_len - recent.shape[1], 0)), constant_values=-1)
+    return users1, (window.astype(np.int64) + 1)
+
+
+def search_excluding(index, queries: np.ndarray, k: int, seen: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """ANN top-k with seen items removed: ask for k + (most seen in the batch), then filter."""
+    from recsys.index import search
+
+    extra = int(np.diff(seen.indptr).max()) if seen.shape[0] else 0
+    want = min(k + extra, index.ntotal)
+    scores, ids = search(index, queries, want)
+    return drop_seen(ids, scores, seen, k)
+
+
+def drop_seen(ids: np.ndarray, scores: np.ndarray, seen: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep each row's first k ids (already ranked) that are not in that row of ``seen``; pad with -1."""
+    n_rows, width = ids.shape
+    stride = np.int64(max(seen.shape[1], int(ids.max(initial=0)) + 1) + 1)
+    rows = np.arange(n_rows, dtype=np.int64)[:, None]
+    coo = seen.tocoo()
+    banned = np.isin(rows * stride + ids, coo.row.astype(np.int64) * stride + coo.col) | (ids < 0)
+    order = np.argsort(banned, axis=1, kind="stable")[:, :k]
+    kept_ids = np.take_along_axis(ids, order, axis=1)
+    kept_scores = np.take_along_axis(scores, order, axis=1).astype(np.float32)
+    dropped = np.take_along_axis(banned, order, axis=1)
+    kept_ids = np.where(dropped, -1, kept_ids)
+    kept_scores = np.where(dropped, -np.inf, kept_scores)
+    if kept_ids.shape[1] < k:
+        pad = k - kept_ids.shape[1]
+        kept_ids = np.pad(kept_ids, ((0, 0), (0, pad)), constant_values=-1)
+        kept_scores = np.pad(kept_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return kept_ids, kept_scores

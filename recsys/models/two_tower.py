@@ -1,0 +1,126 @@
+"""Two-tower retrieval model: a history-aware user tower and a feature-aware item tower.
+
+Index convention inside the module: item/user index + 1, with 0 meaning padding / unknown user, so
+the same graph serves known users, fold-in users (id 0 + history) and padded histories.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass
+class TwoTowerConfig:
+    n_users: int
+    n_items: int
+    dim: int = 64
+    hidden: int = 128
+    depth: int = 1
+    history_len: int = 20
+    use_user_id: bool = True
+    dropout: float = 0.1
+    init_temperature: float = 0.07
+    learn_temperature: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def mlp(dim_in: int, hidden: int, dim_out: int, depth: int, dropout: float) -> nn.Sequential:
+    """``depth`` hidden layers (0 = a single linear map), ReLU, dropout, linear out."""
+    layers: list[nn.Module] = []
+    width = dim_in
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout)]
+        width = hidden
+    layers.append(nn.Linear(width, dim_out))
+    return nn.Sequential(*layers)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.unsqueeze(-1).to(values.dtype)
+    return (values * weights).sum(-2) / weights.sum(-2).clamp_min(1.0)
+
+
+class TwoTower(nn.Module):
+    def __init__(self, cfg: TwoTowerConfig, item_tokens: torch.Tensor, item_vocab: int,
+                 user_tokens: torch.Tensor, user_vocab: int):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        # Row 0 of each token table is the padding row (index 0 = padding / unknown).
+        pad = torch.zeros((1, item_tokens.shape[1]), dtype=torch.long)
+        self.register_buffer("item_tokens", torch.cat([pad, item_tokens.long()]), persistent=True)
+        upad = torch.zeros((1, user_tokens.shape[1]), dtype=torch.long)
+        self.register_buffer("user_tokens", torch.cat([upad, user_tokens.long()]), persistent=True)
+        self.item_id = nn.Embedding(cfg.n_items + 1, d, padding_idx=0)
+        self.item_feature = nn.Embedding(max(item_vocab, 1), d, padding_idx=0)
+        self.user_id = nn.Embedding(cfg.n_users + 1, d, padding_idx=0)
+        self.user_feature = nn.Embedding(max(user_vocab, 1), d, padding_idx=0)
+        self.position = nn.Embedding(cfg.history_len, d)
+        self.attention = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))
+        self.user_mlp = mlp(4 * d, cfg.hidden, d, cfg.depth, cfg.dropout)
+        self.item_mlp = mlp(d, cfg.hidden, d, cfg.depth, cfg.dropout)
+        self.log_inv_temperature = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)),
+                                                requires_grad=cfg.learn_temperature)
+        for table in (self.item_id, self.item_feature, self.user_id, self.user_feature, self.position):
+            nn.init.normal_(table.weight, std=0.05)
+            if table.padding_idx is not None:
+                with torch.no_grad():
+                    table.weight[table.padding_idx].zero_()
+
+    @property
+    def inv_temperature(self) -> torch.Tensor:
+        return self.log_inv_temperature.exp().clamp(max=100.0)
+
+    def item_base(self, items1: torch.Tensor) -> torch.Tensor:
+        """Id embedding + mean of feature-token embeddings; ``items1`` is index + 1 (0 = pad)."""
+        tokens = self.item_tokens[items1]
+        return self.item_id(items1) + masked_mean(self.item_feature(tokens), tokens > 0)
+
+    def item_vectors(self, items1: torch.Tensor) -> torch.Tensor:
+        base = self.item_base(items1)
+        return F.normalize(base + self.item_mlp(base), dim=-1)
+
+    def user_vectors(self, users1: torch.Tensor, history1: torch.Tensor) -> torch.Tensor:
+        """``history1``: [B, history_len] item index + 1, most recent last, 0 = padding."""
+        mask = history1 > 0
+        items = self.item_base(history1)
+        positions = torch.arange(history1.shape[1], device=history1.device)
+        keyed = items + self.position(positions.flip(0))  # position 0 = most recent
+        logits = self.attention(keyed).squeeze(-1).masked_fill(~mask, -1e4)
+        weights = torch.softmax(logits, dim=-1) * mask.any(-1, keepdim=True)
+        attended = (weights.unsqueeze(-1) * items).sum(-2)
+        mean = masked_mean(items, mask)
+        tokens = self.user_tokens[users1]
+        profile = masked_mean(self.user_feature(tokens), tokens > 0)
+        identity = self.user_id(users1) if self.cfg.use_user_id else torch.zeros_like(profile)
+        features = torch.cat([attended, mean, profile, identity], dim=-1)
+        return F.normalize(attended + mean + self.user_mlp(features), dim=-1)
+
+
+class UserTower(nn.Module):
+    """Export view: (users1, history1) -> user vectors."""
+
+    def __init__(self, model: TwoTower):
+        super().__init__()
+        self.model = model
+
+    def forward(self, users1: torch.Tensor, history1: torch.Tensor) -> torch.Tensor:
+        return self.model.user_vectors(users1, history1)
+
+
+class ItemTower(nn.Module):
+    """Export view: items1 -> item vectors."""
+
+    def __init__(self, model: TwoTower):
+        super().__init__()
+        self.model = model
+
+    def forward(self, items1: torch.Tensor) -> torch.Tensor:
+        return self.model.item_vectors(items1)

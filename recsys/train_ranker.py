@@ -1,0 +1,264 @@
+"""Ranker training on the trained retriever's candidates, selected by the full pipeline's NDCG@10.
+
+Examples: each user's last few train interactions, each seen as a request made just before it
+(history = the items before it, context = its time and order context). The retriever proposes
+its top ``n_candidates`` for that request; the list to rank is the positive, hard negatives
+sampled from those candidates, and random catalogue negatives. Items the user interacts with
+later in train are never used as negatives. Losses: listwise softmax over the list, or
+pointwise BCE; ``loss="auto"`` trains both and keeps the one with the better validation
+NDCG@10 of the whole retrieve -> rank pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from recsys.candidates import history_inputs, search_excluding
+from recsys.evaluate import evaluate_model
+from recsys.models.ranker import Ranker, RankerConfig
+from recsys.models.two_tower import TwoTower
+from recsys.pipeline import Pipeline, PipelineRecommender
+from recsys.pipeline_torch import TorchRankerScorer, towers_pipeline
+from recsys.ranking_features import LAST_TIMESTAMP, TIMESTAMP, FeatureTables, build_features, slice_context
+from recsys.recommender import History
+from recsys.split import MAX_RECENT, Split
+from recsys.train_towers import sample_users
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("softmax", "bce")
+EXAMPLE_BATCH = 512
+
+
+@dataclass
+class RankerTrainConfig:
+    loss: str = "auto"  # softmax | bce | auto (train both, keep the better on validation)
+    epochs: int = 20
+    batch_size: int = 64  # candidate lists per step
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    patience: int = 3
+    seed: int = 0
+    positives_per_user: int = 10
+    max_users: int = 20_000  # seeded sample of users that provide examples, for large data
+    n_candidates: int = 200  # retrieval depth, in training as at inference
+    hard_negatives: int = 50
+    random_negatives: int = 10
+    example_user_ids: bool = False  # False: example requests use history only (user id 0), see _examples
+    eval_users: int = 3000
+    disabled_features: str = ""  # comma-separated feature names forced to 0 (ablations)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RankingExamples:
+    user_vec: np.ndarray  # [N, D]
+    cands: np.ndarray  # [N, C] column 0 = the positive, -1 = empty slot
+    dense: np.ndarray  # [N, C, F]
+    retrieved: np.ndarray  # [N] the positive was among the retriever's candidates
+
+    def __len__(self) -> int:
+        return len(self.cands)
+
+
+@dataclass
+class RankerTrainResult:
+    model: Ranker
+    loss: str
+    best_epoch: int
+    best_ndcg: float
+    retrieval_ndcg: float
+    runs: dict = field(default_factory=dict)  # loss -> {best_epoch, valid_NDCG@10, curve, seconds}
+    n_examples: int = 0
+    positive_recall: float = 0.0
+    seconds: float = 0.0
+
+
+def prefix_requests(split: Split, cfg: RankerTrainConfig, rng: np.random.Generator):
+    """Each user's last ``positives_per_user`` train interactions as requests made just before them.
+
+    Returns (users, targets, History of the items before each target, context arrays).
+    """
+    train = split.train
+    users, items, times = (train[c].to_numpy(np.int64) for c in ("u", "i", "t"))
+    position = train.groupby("u", sort=False).cumcount().to_numpy(np.int64)
+    length = np.bincount(users, minlength=split.n_users)[users]
+    chosen = np.unique(users)
+    if len(chosen) > cfg.max_users:
+        chosen = np.sort(rng.choice(chosen, size=cfg.max_users, replace=False))
+    rows = np.flatnonzero((position >= 1) & (position >= length - cfg.positives_per_user) & np.isin(users, chosen))
+    before = position[rows]
+    # seen = items at positions 0..p-1 of the same user, i.e. global rows r-p .. r-1
+    flat = np.repeat(rows - before, before) + (np.arange(before.sum()) - np.repeat(np.cumsum(before) - before, before))
+    seen = sp.csr_matrix((np.ones(len(flat), np.float32), items[flat], np.r_[0, np.cumsum(before)]),
+                         shape=(len(rows), split.n_items))
+    recent = np.full((len(rows), MAX_RECENT), -1, dtype=np.int32)
+    for lag in range(1, MAX_RECENT + 1):
+        valid = lag <= before
+        recent[valid, MAX_RECENT - lag] = items[rows[valid] - lag]
+    context = {TIMESTAMP: times[rows], LAST_TIMESTAMP: times[rows - 1]}
+    for column in split.context_columns:
+        context[column] = train[column].to_numpy(np.float64)[rows]
+    return users[rows], items[rows], History(seen, recent), context
+
+
+def _row_keys(rows: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    return rows.astype(np.int64) * n_items + items
+
+
+def _examples(split: Split, pipeline: Pipeline, cfg: RankerTrainConfig, rng: np.random.Generator) -> RankingExamples:
+    """Candidate lists with features, built with the pipeline's own retrieval and feature code.
+
+    The towers were trained on these very interactions; with ``example_user_ids`` False the
+    user tower sees only the history (as for a fold-in user), so the positive's retrieval score
+    is less inflated by the user-id embedding having memorised it.
+    """
+    users, targets, history, context = prefix_requests(split, cfg, rng)
+    n, n_items = len(users), pipeline.n_items
+    user_items = np.sort(_row_keys(split.train["u"].to_numpy(), split.train["i"].to_numpy(), n_items))
+    n_list = 1 + cfg.hard_negatives + cfg.random_negatives
+    out_vec = np.zeros((n, pipeline.item_vectors.shape[1]), np.float32)
+    out_cands = np.full((n, n_list), -1, np.int64)
+    out_dense = None
+    retrieved = np.zeros(n, bool)
+    for start in tqdm(range(0, n, EXAMPLE_BATCH), desc="ranker examples", leave=False, mininterval=1.0):
+        stop = min(start + EXAMPLE_BATCH, n)
+        rows = History(history.seen[start:stop], history.recent[start:stop])
+        batch_users = users[start:stop] if cfg.example_user_ids else np.full(stop - start, -1)
+        users1, history1 = history_inputs(batch_users, rows.recent, pipeline.history_len, pipeline.n_users)
+        user_vec = np.ascontiguousarray(pipeline.encode_users(users1, history1), dtype=np.float32)
+        cands, cand_scores = search_excluding(pipeline.index, user_vec, cfg.n_candidates, rows.seen)
+        target = targets[start:stop]
+        # Hard negatives: a uniform sample of the retrieved items that are not the user's.
+        theirs = np.isin(_row_keys(users[start:stop, None], cands, n_items), user_items)
+        usable = (cands >= 0) & ~theirs
+        priority = np.where(usable, rng.random(cands.shape), np.inf)
+        picks = np.argsort(priority, axis=1, kind="stable")[:, :cfg.hard_negatives]
+        hard = np.where(np.take_along_axis(usable, picks, 1), np.take_along_axis(cands, picks, 1), -1)
+        random = rng.integers(0, n_items, (stop - start, cfg.random_negatives))
+        random = np.where(np.isin(_row_keys(users[start:stop, None], random, n_items), user_items), -1, random)
+        listed = np.concatenate([target[:, None], hard, random], axis=1)
+        # Each listed item's retrieval rank (n_candidates when not retrieved) and exact score.
+        match = listed[:, :, None] == cands[:, None, :]
+        ranks = np.where(match.any(-1), match.argmax(-1), cfg.n_candidates)
+        vecs = pipeline.item_vectors[np.maximum(listed, 0)]
+        scores = np.einsum("bcd,bd->bc", vecs, user_vec)
+        dense = build_features(pipeline.feature_tables, rows, listed, scores, vecs, pipeline.item_vectors,
+                               slice_context(context, slice(start, stop)), ranks=ranks, top_scores=cand_scores[:, 0])
+        if out_dense is None:
+            out_dense = np.zeros((n, n_list, dense.shape[-1]), np.float32)
+        out_vec[start:stop], out_cands[start:stop], out_dense[start:stop] = user_vec, listed, dense
+        retrieved[start:stop] = ranks[:, 0] < cfg.n_candidates
+    return RankingExamples(out_vec, out_cands, out_dense, retrieved)
+
+
+def list_loss(logits: torch.Tensor, valid: torch.Tensor, kind: str) -> torch.Tensor:
+    """Loss for lists whose column 0 is the positive; ``valid`` masks empty slots."""
+    if kind == "softmax":
+        return F.cross_entropy(logits.masked_fill(~valid, -1e4), torch.zeros(len(logits), dtype=torch.long))
+    labels = torch.zeros_like(logits)
+    labels[:, 0] = 1.0
+    per_item = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    return (per_item * valid).sum() / valid.sum().clamp_min(1)
+
+
+def fit_ranker(examples: RankingExamples, item_vectors: np.ndarray, ranker_cfg: RankerConfig,
+               cfg: RankerTrainConfig, loss: str, validate: Callable[[Ranker], float]) -> tuple[Ranker, dict]:
+    """Train one ranker with early stopping on ``validate`` (validation NDCG@10 of the pipeline)."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    started = time.perf_counter()
+    model = Ranker(ranker_cfg)
+    valid_rows = examples.cands >= 0
+    model.fit_normalizer(torch.from_numpy(examples.dense[valid_rows]))
+    items = torch.from_numpy(item_vectors)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best_state, best, best_epoch, curve, stale = None, -1.0, 0, [], 0
+    n_batches = math.ceil(len(examples) / cfg.batch_size)
+    bar = tqdm(range(1, cfg.epochs + 1), desc=f"ranker ({loss})", unit="epoch")
+    for epoch in bar:
+        model.train()
+        order = rng.permutation(len(examples))
+        total = 0.0
+        for step in range(n_batches):
+            rows = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            cands = torch.from_numpy(examples.cands[rows])
+            logits = model(torch.from_numpy(examples.user_vec[rows]), items[cands.clamp_min(0)],
+                           torch.from_numpy(examples.dense[rows]))
+            batch_loss = list_loss(logits, cands >= 0, loss)
+            optimizer.zero_grad(set_to_none=True)
+            batch_loss.backward()
+            optimizer.step()
+            total += batch_loss.item()
+        model.eval()
+        ndcg = validate(model)
+        curve.append({"epoch": epoch, "loss": round(total / max(n_batches, 1), 5), "valid_NDCG@10": round(ndcg, 5)})
+        bar.set_postfix(loss=f"{total / max(n_batches, 1):.4f}", val_ndcg=f"{ndcg:.4f}", best=f"{max(best, ndcg):.4f}")
+        log.info("ranker (%s) epoch %d: loss %.4f, pipeline valid NDCG@10 %.4f", loss, epoch,
+                 total / max(n_batches, 1), ndcg)
+        if ndcg > best:
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best, best_epoch, stale = ndcg, epoch, 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, {"best_epoch": best_epoch, "valid_NDCG@10": best, "curve": curve,
+                   "seconds": round(time.perf_counter() - started, 1)}
+
+
+def pipeline_ndcg(pipeline: Pipeline, split: Split, n_candidates: int) -> float:
+    metrics, _ = evaluate_model(PipelineRecommender(pipeline, n_candidates), split, "valid")
+    return metrics["NDCG@10"]
+
+
+def train_ranker(split: Split, towers: TwoTower, tables: FeatureTables, cfg: RankerTrainConfig,
+                 width: int = 256, depth: int = 2, n_cross: int = 2, dropout: float = 0.1) -> RankerTrainResult:
+    """Train the ranker on ``towers``' candidates; ``loss="auto"`` tries both losses."""
+    if cfg.loss not in (*LOSSES, "auto"):
+        raise ValueError(f"ranker loss must be one of {LOSSES} or 'auto', got {cfg.loss!r}")
+    started = time.perf_counter()
+    if cfg.disabled_features:
+        tables = tables.without(tuple(name.strip() for name in cfg.disabled_features.split(",") if name.strip()))
+    rng = np.random.default_rng(cfg.seed)
+    pipeline = towers_pipeline(towers, tables)
+    examples = _examples(split, pipeline, cfg, rng)
+    log.info("ranker examples: %d lists of %d, positive retrieved in %.1f%%", len(examples),
+             examples.cands.shape[1], 100 * examples.retrieved.mean())
+    valid_split = split if split.n_users <= cfg.eval_users else sample_users(split, cfg.eval_users, cfg.seed)
+    retrieval_ndcg = pipeline_ndcg(pipeline, valid_split, cfg.n_candidates)
+    log.info("retrieval alone: valid NDCG@10 %.4f", retrieval_ndcg)
+    names = tables.feature_names()
+    ranker_cfg = RankerConfig(dim=towers.cfg.dim, n_dense=len(names), width=width, depth=depth, n_cross=n_cross,
+                              dropout=dropout, feature_names=names)
+
+    def validate(model: Ranker) -> float:
+        pipeline.score_candidates = TorchRankerScorer(model)
+        return pipeline_ndcg(pipeline, valid_split, cfg.n_candidates)
+
+    runs, models = {}, {}
+    for loss in LOSSES if cfg.loss == "auto" else (cfg.loss,):
+        models[loss], runs[loss] = fit_ranker(examples, pipeline.item_vectors, ranker_cfg, cfg, loss, validate)
+    winner = max(runs, key=lambda name: runs[name]["valid_NDCG@10"])
+    log.info("ranker: %s loss wins (valid NDCG@10 %s; retrieval alone %.4f)", winner,
+             {name: round(run["valid_NDCG@10"], 4) for name, run in runs.items()}, retrieval_ndcg)
+    if runs[winner]["valid_NDCG@10"] <= retrieval_ndcg:
+        log.warning("the ranker does not beat retrieval alone on validation (%.4f <= %.4f)",
+                    runs[winner]["valid_NDCG@10"], retrieval_ndcg)
+    return RankerTrainResult(models[winner], winner, runs[winner]["best_epoch"], runs[winner]["valid_NDCG@10"],
+                             retrieval_ndcg, runs, len(examples), float(examples.retrieved.mean()),
+                             time.perf_counter() - started)

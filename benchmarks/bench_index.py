@@ -129,7 +129,8 @@ def _markdown_table(rows: list[dict[str, Any]], config: dict[str, Any]) -> str:
         f"recall measured on {config['n_queries']} others with the same params (also for k=500). "
         f"Latency: batch size 1, 1 FAISS thread, {config['latency_queries']} queries. "
         f"Built with {config['build_threads']} threads; faiss {config['faiss_version']}.",
-        "A `*` marks an index that cannot reach the target; its best setting is shown.",
+        "A `*` marks an index that cannot reach the target; it shows the cheapest setting within "
+        "0.005 of its best recall.",
         "",
         header,
         "|" + "---|" * header.count(" | ") + "---|",

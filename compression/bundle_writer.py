@@ -1,8 +1,9 @@
-"""Write a servable bundle (recsys.bundle_content layout) from trained towers (+ optional ranker)."""
+"""Write a servable bundle (recsys.bundle_content layout) from towers (+ ranker), fp32 or int8."""
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,10 +11,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from compression.export import export_onnx, validate_onnx
-from recsys.bundle_content import INDEX_DIR, USER_TOWER, BundleContent, save_content
+from compression.export import count_params, export_onnx, validate_onnx
+from compression.int8 import choose_int8, with_int8_embeddings
+from compression.quantize import int8_embedding_table
+from recsys.bundle_content import INDEX_DIR, RANKER, USER_TOWER, BundleContent, save_content
+from recsys.candidates import history_inputs
 from recsys.data.datasets import Dataset
-from recsys.index import build_index, save_index
+from recsys.index import build_index, exact_topk, save_index, tune_query_params
 from recsys.models.two_tower import TwoTower, UserTower
 from recsys.recommender import History
 from recsys.retrieval import all_item_vectors
@@ -22,17 +26,19 @@ from recsys.split import Split
 log = logging.getLogger(__name__)
 
 ONNX_ATOL = 1e-4
+RECALL_K = 100
 
 
 @dataclass
 class BundleSpec:
-    """How to pack one variant: which index, whether item rows are int8, extra runtime settings."""
+    """How to pack one variant: which index, whether models and item rows are int8."""
 
     kind: str
     index_factory: str = "Flat"
-    index_params: dict = field(default_factory=dict)
-    int8_item_rows: bool = False
+    int8: bool = False
+    target_recall: float = 0.95
     n_candidates: int = 200
+    extra: dict = field(default_factory=dict)
 
 
 def serving_history(split: Split, history_len: int) -> History:
@@ -40,17 +46,25 @@ def serving_history(split: Split, history_len: int) -> History:
     return split.user_history("test", max_len=history_len)
 
 
-def export_user_tower(towers: TwoTower, path: Path, sample: History) -> float:
+def tower_feed(towers: TwoTower, history: History, users: np.ndarray) -> dict[str, np.ndarray]:
+    users1, history1 = history_inputs(users, history.recent[users], towers.cfg.history_len, towers.cfg.n_users)
+    return {"users1": users1, "history1": history1}
+
+
+def export_user_tower(towers: TwoTower, path: Path, history: History, check_users: np.ndarray) -> float:
     """Export and check the user tower against PyTorch on real rows (a different batch size)."""
     view = UserTower(towers).eval()
-    hist_len = towers.cfg.history_len
-    example = {"users1": torch.arange(1, 3, dtype=torch.int64),
-               "history1": torch.as_tensor(sample.recent[:2, -hist_len:] + 1, dtype=torch.int64)}
+    example = {name: torch.from_numpy(v) for name, v in tower_feed(towers, history, check_users[:2]).items()}
     export_onnx(view, example, ["user_vec"], path)
-    n = min(7, sample.recent.shape[0])
-    check = {"users1": torch.arange(1, n + 1, dtype=torch.int64),
-             "history1": torch.as_tensor(sample.recent[:n, -hist_len:] + 1, dtype=torch.int64)}
-    return validate_onnx(view, path, check, atol=ONNX_ATOL)
+    return validate_onnx(view, path, tower_feed(towers, history, check_users[:7]), atol=ONNX_ATOL)
+
+
+def export_ranker(ranker: torch.nn.Module, path: Path, feeds: list[dict[str, np.ndarray]]) -> float:
+    example = {name: torch.from_numpy(v[:1]) for name, v in feeds[0].items()}
+    axes = {"item_vec": {1: "candidates"}, "dense": {1: "candidates"}, "score": {1: "candidates"}}
+    export_onnx(ranker.eval(), example, ["score"], path, extra_dynamic_axes=axes)
+    check = {name: v[:3] for name, v in feeds[-1].items()}
+    return validate_onnx(ranker, path, check, atol=ONNX_ATOL)
 
 
 def item_titles(dataset: Dataset, split: Split) -> pd.Series | None:
@@ -61,33 +75,92 @@ def item_titles(dataset: Dataset, split: Split) -> pd.Series | None:
     return pd.Series(dataset.items["title"].to_numpy()[keep], index=idx[keep])
 
 
-def int8_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from compression.quantize import int8_embedding_table
+def resolve_factory(factory: str, n_items: int) -> str:
+    """``IVF{auto}`` picks nlist ~ 4 sqrt(n) so each list holds a few hundred items."""
+    nlist = max(8, min(65536, int(4 * math.sqrt(n_items))))
+    return factory.replace("{auto}", str(nlist))
 
-    return int8_embedding_table(vectors)
+
+def build_tuned_index(vectors: np.ndarray, factory: str, queries: np.ndarray, target: float):
+    """Build, then set nprobe/efSearch to the smallest value reaching ``target`` recall@100."""
+    index = build_index(vectors, factory)
+    k = min(RECALL_K, len(vectors))
+    _, exact_ids = exact_topk(vectors, queries, k)
+    tuned = tune_query_params(index, queries, exact_ids, k, target_recall=target)
+    return index, {"factory": factory, "query_params": tuned.params, "recall@100": round(tuned.recall, 4),
+                   "reached_target": tuned.reached_target}
 
 
-def write_retrieval_bundle(staging: Path, towers: TwoTower, dataset: Dataset, split: Split, spec: BundleSpec,
-                           ranking_arrays: dict | None = None, runtime_extra: dict | None = None) -> dict:
-    """Export the user tower, index the item vectors, and save the arrays; returns runtime info."""
+def write_bundle(staging: Path, towers: TwoTower, dataset: Dataset, split: Split, spec: BundleSpec,
+                 ranker: torch.nn.Module | None = None, ranking_arrays: dict | None = None,
+                 requests: np.ndarray | None = None, ranker_feeds: list[dict] | None = None) -> dict:
+    """Export models, index the item vectors, save the arrays; returns the runtime record.
+
+    ``requests`` are real users whose rows calibrate int8 and tune the index; ``ranker_feeds``
+    are real ranker inputs (captured from the fp32 pipeline) for the ranker's export check and
+    calibration."""
     history = serving_history(split, towers.cfg.history_len)
-    max_diff = export_user_tower(towers, staging / USER_TOWER, history)
+    requests = np.arange(min(split.n_users, 256)) if requests is None else requests
+    runtime = {"kind": spec.kind, "history_len": towers.cfg.history_len, "dim": towers.cfg.dim,
+               "n_candidates": spec.n_candidates, "int8": spec.int8, **spec.extra}
+    runtime["user_tower"] = _write_user_tower(staging, towers, history, requests, spec.int8)
+    if ranker is not None and ranker_feeds:
+        runtime["ranker"] = _write_ranker(staging, ranker, ranker_feeds, spec.int8)
     vectors = all_item_vectors(towers)
     content = BundleContent(split.users, split.items, history,
                             np.bincount(split.train["i"], minlength=split.n_items).astype(np.float32),
-                            ranking_arrays=ranking_arrays or {}, titles=item_titles(dataset, split))
-    if spec.int8_item_rows:
-        content.item_vectors_int8, content.item_scales = int8_rows(vectors)
+                            ranking_arrays=ranking_arrays if ranker is not None else {},
+                            titles=item_titles(dataset, split))
+    if spec.int8:
+        content.item_vectors_int8, content.item_scales = int8_embedding_table(vectors)
     else:
         content.item_vectors = vectors
-    index = build_index(content.dense_item_vectors(), spec.index_factory)
-    save_index(index, staging / INDEX_DIR, {"factory": spec.index_factory, **spec.index_params})
-    content.runtime = {"kind": spec.kind, "history_len": towers.cfg.history_len, "dim": towers.cfg.dim,
-                       "n_candidates": spec.n_candidates, "index_factory": spec.index_factory,
-                       "int8_item_rows": spec.int8_item_rows, "user_tower_max_abs_diff": max_diff,
-                       **(runtime_extra or {})}
+    queries = _query_vectors(staging, history, towers, requests)
+    factory = resolve_factory(spec.index_factory, split.n_items)
+    index, runtime["index"] = build_tuned_index(content.dense_item_vectors(), factory, queries, spec.target_recall)
+    save_index(index, staging / INDEX_DIR, {"factory": factory, **runtime["index"]})
+    runtime["params"] = count_params(UserTower(towers)) + (count_params(ranker) if ranker is not None else 0)
+    content.runtime = runtime
     save_content(content, staging)
-    return content.runtime
+    return runtime
+
+
+def _write_user_tower(staging: Path, towers: TwoTower, history: History, requests: np.ndarray, int8: bool) -> dict:
+    path = staging / USER_TOWER
+    if not int8:
+        return {"precision": "fp32", "max_abs_diff": export_user_tower(towers, path, history, requests)}
+    quantized_tables = with_int8_embeddings(towers)
+    fp32_dense = staging / "user_tower.fp32.onnx"
+    diff = export_user_tower(quantized_tables, fp32_dense, history, requests)
+    calibration = [tower_feed(towers, history, batch) for batch in np.array_split(requests, 8) if len(batch)]
+    check = tower_feed(towers, history, requests[:64])
+    choice = choose_int8(fp32_dense, path, calibration, check, topk=None)
+    fp32_dense.unlink()
+    (staging / "user_tower.fp32.onnx.json").unlink(missing_ok=True)
+    return {"precision": "int8", "embeddings": "row-wise int8", "dense_layers": choice["chosen"],
+            "export_max_abs_diff": diff, "candidates": choice["candidates"]}
+
+
+def _write_ranker(staging: Path, ranker: torch.nn.Module, feeds: list[dict], int8: bool) -> dict:
+    path = staging / RANKER
+    if not int8:
+        return {"precision": "fp32", "max_abs_diff": export_ranker(ranker, path, feeds)}
+    fp32_path = staging / "ranker.fp32.onnx"
+    diff = export_ranker(ranker, fp32_path, feeds)
+    check = {name: np.concatenate([f[name] for f in feeds[-4:]]) for name in feeds[0]}
+    choice = choose_int8(fp32_path, path, feeds, check, topk=10)
+    fp32_path.unlink()
+    (staging / "ranker.fp32.onnx.json").unlink(missing_ok=True)
+    return {"precision": "int8", "dense_layers": choice["chosen"], "export_max_abs_diff": diff,
+            "candidates": choice["candidates"]}
+
+
+def _query_vectors(staging: Path, history: History, towers: TwoTower, users: np.ndarray) -> np.ndarray:
+    """User vectors of held-out requests, from the exported (possibly int8) tower itself."""
+    from recsys.runtime import OnnxUserEncoder
+
+    feed = tower_feed(towers, history, users)
+    return OnnxUserEncoder(staging / USER_TOWER)(feed["users1"], feed["history1"])
 
 
 def publish_bundle(staging: Path, bundles_root: Path, *, kind: str, dataset: Dataset, config: dict,

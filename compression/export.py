@@ -120,10 +120,10 @@ def export_onnx(
     input_names = list(example_inputs)
     if not input_names or not output_names:
         raise ValueError("export_onnx needs at least one example input and one output name")
+    dynamic_axes = _dynamic_axes([*input_names, *output_names], dynamic_batch, extra_dynamic_axes)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    dynamic_axes = _dynamic_axes([*input_names, *output_names], dynamic_batch, extra_dynamic_axes)
     try:
         _torch_export(module, example_inputs, output_names, Path(tmp_name), dynamic_axes, opset)
         _check_exported_graph(Path(tmp_name), input_names, output_names, dynamic_axes)

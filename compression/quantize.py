@@ -90,7 +90,8 @@ def quantize_dynamic_int8(
             per_channel=per_channel,
             reduce_range=reduce_range,
             nodes_to_exclude=list(exclude_nodes),
-            op_types_to_quantize=list(op_types) if op_types else None,
+            # Gemms are MatMuls by now, so a caller's "Gemm" means MatMul here
+            op_types_to_quantize=sorted({"MatMul" if t == "Gemm" else t for t in op_types}) if op_types else None,
         )
         _finish(quantized, out_path)
     settings = {"mode": "dynamic", "weight_type": "QInt8", "activation_type": "QUInt8 (dynamic)",
@@ -353,23 +354,29 @@ def pick_best(
     *,
     min_topk_overlap: float = 0.9,
     max_abs_diff: float | None = None,
+    latency_margin: float = 0.1,
 ) -> str:
-    """Pick a variant name: fidelity first, then latency.
+    """Pick a variant name: fidelity first, then latency, then fidelity again to break near-ties.
 
-    A variant passes when its ``topk_overlap`` (if reported) is ``>= min_topk_overlap`` and its
-    ``max_abs_diff`` (if reported and ``max_abs_diff`` is given) is ``<= max_abs_diff``. Among
-    passing variants the lowest ``p50_ms`` wins; ties go to the higher ``topk_overlap``, then the
-    lower ``max_abs_diff``. Include an ``"fp32"`` entry (overlap 1.0) to get it back as the fallback
-    when no int8 variant is faithful enough; with no passing variant this raises ``ValueError``.
+    1. A variant passes when its ``topk_overlap`` (if reported) is ``>= min_topk_overlap`` and its
+       ``max_abs_diff`` (if reported and ``max_abs_diff`` is given) is ``<= max_abs_diff``.
+    2. Among passing variants, those whose ``p50_ms`` is within ``latency_margin`` (10%) of the
+       fastest are "as fast": single-request timings on a shared 2-core box jitter by that much,
+       and a coin flip should not decide the bundle.
+    3. Among those, the highest ``topk_overlap`` wins, then the lowest ``max_abs_diff``, then the
+       lowest ``p50_ms``.
+
+    Include an ``"fp32"`` entry (overlap 1.0) to get it back as the fallback when no int8 variant
+    is faithful enough; with no passing variant this raises ``ValueError``.
     """
     def passes(metrics: Mapping[str, float]) -> bool:
         if "topk_overlap" in metrics and metrics["topk_overlap"] < min_topk_overlap:
             return False
         return max_abs_diff is None or metrics.get("max_abs_diff", 0.0) <= max_abs_diff
 
-    def rank(name: str) -> tuple[float, float, float]:
+    def fidelity_then_speed(name: str) -> tuple[float, float, float]:
         m = variants[name]
-        return m.get("p50_ms", float("inf")), -m.get("topk_overlap", 0.0), m.get("max_abs_diff", float("inf"))
+        return -m.get("topk_overlap", 0.0), m.get("max_abs_diff", float("inf")), m.get("p50_ms", float("inf"))
 
     passing = [name for name, metrics in variants.items() if passes(metrics)]
     if not passing:
@@ -378,8 +385,10 @@ def pick_best(
             f"{ {name: dict(m) for name, m in variants.items()} }; include 'fp32' as a fallback, or keep the most "
             "sensitive layers in fp32 (node_sensitivity + choose_fp32_nodes -> exclude_nodes)"
         )
-    best = min(passing, key=rank)
-    log.info("picked %s among %s (passing: %s)", best, sorted(variants), passing)
+    fastest = min(variants[name].get("p50_ms", float("inf")) for name in passing)
+    as_fast = [name for name in passing if variants[name].get("p50_ms", float("inf")) <= fastest * (1 + latency_margin)]
+    best = min(as_fast, key=fidelity_then_speed)
+    log.info("picked %s among %s (passing: %s, as fast: %s)", best, sorted(variants), passing, as_fast)
     return best
 
 

@@ -1,15 +1,16 @@
 """Load a bundle and answer requests from it: the object the HTTP service holds.
 
 `load_serving_model(path)` verifies the manifest and checksums, opens the ONNX models with one
-thread (serving scales with worker processes), loads the FAISS index, and precomputes what does
-not depend on the request: the known users' tower vectors. A request then costs one ANN search
-(+ the ranker when the bundle has one) and a vectorised filter.
+thread (serving scales with worker processes), loads the FAISS index, and wires them into the same
+`recsys.pipeline.Pipeline` that evaluation scores. It also precomputes what does not depend on
+the request: the known users' tower vectors over their stored history (the same ONNX session on
+the same inputs, so served == measured). A request then costs one ANN search, the feature
+builder and the ranker.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import numpy as np
 import onnxruntime as ort
 
 from recsys.bundle import Manifest, load_manifest, resolve_bundle
-from recsys.bundle_content import INDEX_DIR, USER_TOWER, BundleContent, load_content
+from recsys.bundle_content import INDEX_DIR, RANKER, USER_TOWER, BundleContent, load_content
 from recsys.index import load_index, search, set_faiss_threads
-from recsys.retrieval import drop_seen, history_inputs
+from recsys.pipeline import Pipeline, PipelineRecommender
+from recsys.ranking_features import FeatureTables
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +54,71 @@ def ort_session(path: Path, threads: int = 1) -> ort.InferenceSession:
 class OnnxUserEncoder:
     """(users1, history1) -> user vectors through the bundle's ONNX user tower."""
 
-    def __init__(self, path: Path, history_len: int, n_users: int, threads: int = 1):
+    def __init__(self, path: Path, threads: int = 1):
         self.session = ort_session(path, threads)
-        self.history_len = history_len
-        self.n_users = n_users
 
-    def __call__(self, users: np.ndarray, recent: np.ndarray) -> np.ndarray:
-        users1, history1 = history_inputs(users, recent, self.history_len, self.n_users)
+    def __call__(self, users1: np.ndarray, history1: np.ndarray) -> np.ndarray:
         return self.session.run(["user_vec"], {"users1": users1, "history1": history1})[0]
 
 
-def _timed(timings: dict, name: str, started: int) -> int:
-    now = time.perf_counter_ns()
-    timings[name] = (now - started) / 1e6
-    return now
+class OnnxRankerScorer:
+    """(user_vec, item_vec, dense) -> scores through the bundle's ONNX ranker."""
+
+    def __init__(self, path: Path, threads: int = 1):
+        self.session = ort_session(path, threads)
+
+    def __call__(self, user_vec: np.ndarray, item_vec: np.ndarray, dense: np.ndarray) -> np.ndarray:
+        feed = {name: np.ascontiguousarray(value, dtype=np.float32)
+                for name, value in (("user_vec", user_vec), ("item_vec", item_vec), ("dense", dense))}
+        return self.session.run(["score"], feed)[0]
+
+
+class CachedUserEncoder:
+    """Known users' vectors computed once over their stored history; others go through the tower.
+
+    Valid because the serving path never changes a known user's stored history between loads."""
+
+    def __init__(self, encoder: OnnxUserEncoder, vectors: np.ndarray):
+        self.encoder = encoder
+        self.vectors = vectors
+
+    def __call__(self, users1: np.ndarray, history1: np.ndarray) -> np.ndarray:
+        if (users1 > 0).all():
+            return self.vectors[users1 - 1]
+        out = self.encoder(users1, history1)
+        known = users1 > 0
+        out[known] = self.vectors[users1[known] - 1]
+        return out
+
+
+def bundle_pipeline(bundle_dir: Path, content: BundleContent, threads: int = 1,
+                    precompute_users: bool = False) -> Pipeline:
+    """The bundle's ONNX Runtime + FAISS stages wired into the one recommend path."""
+    runtime = content.runtime
+    encoder = OnnxUserEncoder(bundle_dir / USER_TOWER, threads)
+    index, _ = load_index(bundle_dir / INDEX_DIR)
+    tables = FeatureTables.from_arrays(content.ranking_arrays) if content.ranking_arrays else None
+    has_ranker = (bundle_dir / RANKER).exists() and tables is not None
+    pipeline = Pipeline(encode_users=encoder, index=index, item_vectors=content.dense_item_vectors(),
+                        popularity=content.popularity, history_len=runtime["history_len"],
+                        n_users=len(content.users), feature_tables=tables if has_ranker else None,
+                        score_candidates=OnnxRankerScorer(bundle_dir / RANKER, threads) if has_ranker else None,
+                        users=content.users, items=content.items, history=content.history)
+    if precompute_users:
+        pipeline.encode_users = CachedUserEncoder(encoder, precompute_user_vectors(pipeline, encoder))
+    return pipeline
+
+
+def precompute_user_vectors(pipeline: Pipeline, encoder: OnnxUserEncoder) -> np.ndarray:
+    from recsys.candidates import history_inputs
+
+    recent = pipeline.history.recent
+    users = np.arange(len(recent))
+    parts = []
+    for start in range(0, len(users), PRECOMPUTE_BATCH):
+        batch = users[start:start + PRECOMPUTE_BATCH]
+        parts.append(encoder(*history_inputs(batch, recent[batch], pipeline.history_len, pipeline.n_users)))
+    return np.vstack(parts).astype(np.float32) if parts else np.zeros((0, 1), np.float32)
 
 
 class ServingModel:
@@ -75,24 +128,13 @@ class ServingModel:
         self.manifest = manifest
         self.content = content
         self.runtime = content.runtime
-        self.encoder = OnnxUserEncoder(bundle_dir / USER_TOWER, self.runtime["history_len"], len(content.users),
-                                       threads)
-        self.index, self.index_meta = load_index(bundle_dir / INDEX_DIR)
-        self.item_vectors = content.dense_item_vectors()
-        self.popular = np.argsort(-content.popularity, kind="stable")
-        self.user_vectors = self._precompute_user_vectors() if precompute_users else None
+        self.pipeline = bundle_pipeline(bundle_dir, content, threads, precompute_users)
+        self.n_candidates = int(self.runtime.get("n_candidates", 200))
         self.titles = self._title_array(content)
 
     @property
     def version(self) -> str:
         return self.manifest.bundle_version
-
-    def _precompute_user_vectors(self) -> np.ndarray:
-        recent = self.content.history.recent
-        users = np.arange(len(recent))
-        parts = [self.encoder(users[s:s + PRECOMPUTE_BATCH], recent[s:s + PRECOMPUTE_BATCH])
-                 for s in range(0, len(users), PRECOMPUTE_BATCH)]
-        return np.vstack(parts).astype(np.float32) if parts else np.zeros((0, self.runtime["dim"]), np.float32)
 
     @staticmethod
     def _title_array(content: BundleContent) -> np.ndarray | None:
@@ -101,9 +143,6 @@ class ServingModel:
         titles = np.full(len(content.items), None, dtype=object)
         titles[content.titles.index.to_numpy()] = content.titles.to_numpy()
         return titles
-
-    def user_index(self, user_id) -> int:
-        return int(self.content.users.to_index([user_id], missing=-1)[0])
 
     def item_index(self, item_ids) -> np.ndarray:
         if len(item_ids) == 0:
@@ -118,45 +157,38 @@ class ServingModel:
         ids, scores = ids[keep], scores[keep]
         titles = None if self.titles is None else [self.titles[i] for i in ids]
         external = self.content.items.to_external(ids).tolist()
-        return Recommendation(external, [float(s) for s in scores], titles, fallback, timings)
-
-    def _popular(self, k: int, banned: np.ndarray, timings: dict) -> Recommendation:
-        head = self.popular[: k + len(banned)]
-        head = head[~np.isin(head, banned)][:k]
-        return self._result(head, self.content.popularity[head], "popular", timings)
+        timings_ms = {stage: seconds * 1e3 for stage, seconds in timings.items()}
+        return Recommendation(external, [float(s) for s in scores], titles, fallback, timings_ms)
 
     def recommend(self, user_id, k: int, exclude=()) -> Recommendation:
         timings: dict[str, float] = {}
-        started = time.perf_counter_ns()
-        user = self.user_index(user_id)
-        excluded = self.item_index(exclude)
-        excluded = excluded[excluded >= 0]
-        seen = self.content.history.seen[user] if user >= 0 else None
-        if user < 0 or seen.nnz == 0:
-            return self._popular(k, excluded, timings)
-        if self.user_vectors is not None:
-            query = self.user_vectors[user:user + 1]
-        else:
-            query = self.encoder(np.array([user]), self.content.history.recent[user:user + 1])
-        started = _timed(timings, "user_tower", started)
-        banned = np.union1d(seen.indices, excluded)
-        scores, ids = search(self.index, query, min(k + len(banned), self.index.ntotal))
-        started = _timed(timings, "ann", started)
-        banned_rows = _row_csr(banned, self.index.ntotal)
-        ids, scores = drop_seen(ids, scores, banned_rows, k)
-        _timed(timings, "filter", started)
-        return self._result(ids[0], scores[0], None, timings)
+        user = self.content.users.to_index([user_id], missing=-1)
+        exclude_rows = None
+        if len(exclude):
+            from recsys.pipeline import items_csr
+
+            excluded = self.item_index(exclude)
+            exclude_rows = items_csr([excluded[excluded >= 0]], self.pipeline.n_items)
+        ids, scores, fallback = self.pipeline.recommend(user, k, self.pipeline.history, True, exclude_rows,
+                                                        self.n_candidates, None, timings)
+        return self._result(ids[0], scores[0], "popular" if fallback[0] else None, timings)
 
     def similar(self, item_id, k: int) -> Recommendation:
+        from recsys.candidates import drop_seen
+        from recsys.pipeline import items_csr
+
         item = int(self.item_index([item_id])[0])
         if item < 0:
             raise UnknownItemError(item_id)
-        timings: dict[str, float] = {}
-        started = time.perf_counter_ns()
-        scores, ids = search(self.index, self.item_vectors[item:item + 1], min(k + 1, self.index.ntotal))
-        ids, scores = drop_seen(ids, scores, _row_csr(np.array([item]), self.index.ntotal), k)
-        _timed(timings, "ann", started)
-        return self._result(ids[0], scores[0], None, timings)
+        vectors = self.pipeline.item_vectors
+        scores, ids = search(self.pipeline.index, vectors[item:item + 1], min(k + 1, len(vectors)))
+        ids, scores = drop_seen(ids, scores, items_csr([[item]], len(vectors)), k)
+        return self._result(ids[0], scores[0], None, {})
+
+    def recommender(self) -> PipelineRecommender:
+        """The bundle behind the evaluation contract (tower run on the given history, no cache)."""
+        plain = bundle_pipeline(self.bundle_dir, self.content, precompute_users=False)
+        return PipelineRecommender(plain, self.n_candidates)
 
     def smoke_test(self) -> None:
         """One real query for a known user and one for an unknown user; raises if either fails."""
@@ -164,16 +196,9 @@ class ServingModel:
             result = self.recommend(self.content.users.ids[0], 5)
             if not result.items:
                 raise RuntimeError(f"bundle {self.version} returned no items for a known user")
-        if not self._popular(5, np.zeros(0, dtype=np.int64), {}).items:
-            raise RuntimeError(f"bundle {self.version} has an empty popularity fallback")
-
-
-def _row_csr(columns: np.ndarray, n_cols: int):
-    import scipy.sparse as sp
-
-    columns = np.asarray(columns, dtype=np.int64)
-    return sp.csr_matrix((np.ones(len(columns), np.float32), columns, np.array([0, len(columns)])),
-                         shape=(1, n_cols))
+        fallback = self.recommend("__smoke_test_unknown_user__", 5)
+        if not fallback.items or fallback.fallback != "popular":
+            raise RuntimeError(f"bundle {self.version} has no working popularity fallback")
 
 
 def load_serving_model(path: str | Path, verify: bool = True, threads: int = 1,

@@ -1,8 +1,10 @@
-"""`python -m recsys.train --dataset NAME --out DIR`: train the retrieval towers (then the ranker).
+"""`python -m recsys.train --dataset NAME --out DIR`: train the retrieval towers, then the ranker.
 
-A thin CLI over `train_two_tower` (and `train_ranker`): loads and splits the data under the
-protocol, trains with early stopping on validation NDCG@10, and writes a model directory
-(`recsys.model_dir`) that records config, seed, data fingerprint, curves and library versions.
+A thin CLI over `train_two_tower` and `train_ranker`: loads and splits the data under the
+protocol, trains the towers with early stopping on validation NDCG@10, then the ranker on their
+candidates with early stopping on the full pipeline's validation NDCG@10, and writes one model
+directory (`recsys.model_dir`) that records config, seed, data fingerprint, curves and library
+versions. ``--skip-ranker`` stops after the towers; ranker flags are prefixed ``--ranker-``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from pathlib import Path
 from recsys.data.datasets import DEFAULT_DATA_DIR, Dataset, load_dataset
 from recsys.data.schema import DataError
 from recsys.features import build_token_table
-from recsys.model_dir import ModelDirError, save_towers
+from recsys.model_dir import RANKER, RANKING_FEATURES, ModelDirError, load_trained, save_ranker, save_towers
+from recsys.models.ranker import RankerConfig
 from recsys.models.two_tower import TwoTowerConfig
+from recsys.ranking_features import build_feature_tables
 from recsys.split import Split, temporal_split
+from recsys.train_ranker import RankerTrainConfig, train_ranker
 from recsys.train_towers import TowerTrainConfig, train_two_tower
 
 log = logging.getLogger(__name__)
@@ -39,23 +44,47 @@ def train_towers_into(out: Path, dataset: Dataset, split: Split, model_cfg: TwoT
     return config
 
 
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
+def train_ranker_into(out: Path, split: Split, cfg: RankerTrainConfig, ranker_shape: dict) -> dict:
+    """Train the ranker on the towers saved in ``out`` and add it to the same model directory."""
+    trained = load_trained(out)
+    tables = build_feature_tables(split, trained.item_tokens)
+    result = train_ranker(split, trained.towers, tables, cfg, **ranker_shape)
+    result.tables.save(out / RANKING_FEATURES)
+    summary = {"loss": result.loss, "best_epoch": result.best_epoch, "valid_NDCG@10": result.best_ndcg,
+               "retrieval_valid_NDCG@10": result.retrieval_ndcg, "examples": result.n_examples,
+               "positive_retrieved": round(result.positive_recall, 4), "seconds": round(result.seconds, 1),
+               "runs": result.runs}
+    save_ranker(out, result.model, {"ranker": result.model.cfg.to_dict(), "ranker_training": cfg.to_dict(),
+                                    "ranker_result": summary})
+    log.info("saved ranker to %s (%s loss, valid NDCG@10 %.4f vs retrieval %.4f, %.0f s)", out, result.loss,
+             result.best_ndcg, result.retrieval_ndcg, result.seconds)
+    return summary
+
+
+def _parse_bool(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes")
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip=(), prefix: str = "") -> None:
     for f in fields(cls):
         if f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
-                                metavar="BOOL")
+        flag = "--" + prefix + f.name.replace("_", "-")
+        dest = prefix.replace("-", "_") + f.name
+        if f.type in ("bool", bool, "bool | None"):
+            parser.add_argument(flag, dest=dest, type=_parse_bool, default=None, metavar="BOOL")
         elif f.type in ("int", int, "int | None"):
-            parser.add_argument(flag, type=int, default=None)
+            parser.add_argument(flag, dest=dest, type=int, default=None)
+        elif f.type in ("str", str):
+            parser.add_argument(flag, dest=dest, type=str, default=None)
         else:
-            parser.add_argument(flag, type=float, default=None)
+            parser.add_argument(flag, dest=dest, type=float, default=None)
 
 
-def _pick(args: argparse.Namespace, cls, **fixed):
-    values = {f.name: getattr(args, f.name) for f in fields(cls)
-              if f.name not in fixed and getattr(args, f.name, None) is not None}
+def _pick(args: argparse.Namespace, cls, prefix: str = "", skip=(), **fixed):
+    dest = prefix.replace("-", "_")
+    values = {f.name: getattr(args, dest + f.name) for f in fields(cls)
+              if f.name not in fixed and f.name not in skip and getattr(args, dest + f.name, None) is not None}
     return cls(**fixed, **values)
 
 
@@ -66,9 +95,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--items", help="item catalog for a user log")
     parser.add_argument("--users", help="user table for a user log")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--skip-ranker", nargs="?", const=True, default=False, type=_parse_bool, metavar="BOOL",
+                        help="train the retrieval towers only")
     _add_dataclass_flags(parser, TowerTrainConfig)
     _add_dataclass_flags(parser, TwoTowerConfig, skip=("n_users", "n_items"))
+    _add_dataclass_flags(parser, RankerTrainConfig, prefix="ranker-")
+    _add_dataclass_flags(parser, RankerConfig, skip=RANKER_FIXED, prefix="ranker-")
     return parser.parse_args(argv)
+
+
+RANKER_FIXED = ("dim", "n_dense", "feature_names")  # set from the towers and the feature tables
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -76,7 +112,18 @@ def run(args: argparse.Namespace) -> dict:
     split = temporal_split(dataset)
     model_cfg = _pick(args, TwoTowerConfig, n_users=split.n_users, n_items=split.n_items)
     train_cfg = _pick(args, TowerTrainConfig)
-    return train_towers_into(Path(args.out), dataset, split, model_cfg, train_cfg)
+    out = Path(args.out)
+    config = train_towers_into(out, dataset, split, model_cfg, train_cfg)
+    if args.skip_ranker:
+        # The feature tables still carry the popularity order unknown users fall back to.
+        (out / RANKER).unlink(missing_ok=True)
+        build_feature_tables(split, load_trained(out).item_tokens).save(out / RANKING_FEATURES)
+        return config
+    ranker_cfg = _pick(args, RankerTrainConfig, prefix="ranker-", seed=args.ranker_seed if args.ranker_seed
+                       is not None else train_cfg.seed)
+    shape = vars(_pick(args, RankerConfig, prefix="ranker-", skip=RANKER_FIXED, dim=0, n_dense=0))
+    shape = {name: shape[name] for name in ("width", "depth", "n_cross", "dropout")}
+    return {**config, "ranker_result": train_ranker_into(out, split, ranker_cfg, shape)}
 
 
 def main(argv=None) -> int:

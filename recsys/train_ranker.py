@@ -76,6 +76,7 @@ class RankingExamples:
 @dataclass
 class RankerTrainResult:
     model: Ranker
+    tables: FeatureTables  # with the ablation's disabled features: save these beside the ranker
     loss: str
     best_epoch: int
     best_ndcg: float
@@ -259,6 +260,6 @@ def train_ranker(split: Split, towers: TwoTower, tables: FeatureTables, cfg: Ran
     if runs[winner]["valid_NDCG@10"] <= retrieval_ndcg:
         log.warning("the ranker does not beat retrieval alone on validation (%.4f <= %.4f)",
                     runs[winner]["valid_NDCG@10"], retrieval_ndcg)
-    return RankerTrainResult(models[winner], winner, runs[winner]["best_epoch"], runs[winner]["valid_NDCG@10"],
+    return RankerTrainResult(models[winner], tables, winner, runs[winner]["best_epoch"], runs[winner]["valid_NDCG@10"],
                              retrieval_ndcg, runs, len(examples), float(examples.retrieved.mean()),
                              time.perf_counter() - started)

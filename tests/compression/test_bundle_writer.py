@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compression.bundle_writer import BundleSpec, publish_bundle, write_retrieval_bundle
+from compression.bundle_writer import BundleSpec, publish_bundle, write_bundle
 from recsys.bundle import BundleChecksumError, new_staging_dir
 from recsys.evaluate import evaluate_model
 from recsys.retrieval import TwoTowerRecommender
@@ -15,15 +15,15 @@ from tests.recsys.test_two_tower import train_tiny
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory):
-    from tests.conftest import checkerboard_dataset
     from recsys.split import temporal_split
+    from tests.conftest import checkerboard_dataset
 
     dataset = checkerboard_dataset()
     split = temporal_split(dataset)
     towers = train_tiny(split, dataset).model
     root = tmp_path_factory.mktemp("bundles")
     staging = new_staging_dir(root)
-    write_retrieval_bundle(staging, towers, dataset, split, BundleSpec(kind="teacher"))
+    write_bundle(staging, towers, dataset, split, BundleSpec(kind="teacher"))
     path = publish_bundle(staging, root, kind="teacher", dataset=dataset, config={}, metrics={})
     return root, path, towers, dataset, split
 

@@ -238,6 +238,9 @@ def test_dynamic_int8_quantises_every_linear_layer(ranker_fp32, candidates, tmp_
     assert sidecar["mode"] == "dynamic" and sidecar["quantized_ops"] == ops
     assert sidecar["source"]["sha256"] == sha256_file(ranker_fp32)
 
+    linear_only = weight_dtypes(quantize_dynamic_int8(ranker_fp32, tmp_path / "linear.onnx", op_types=("Gemm",)))
+    assert linear_only == {**dict.fromkeys(LINEAR_NODES, "int8"), "/emb/Gather": "float32"}
+
 
 def test_static_int8_quantises_and_keeps_scores_continuous(ranker_fp32, candidates, calibration, tmp_path):
     out = quantize_static_int8(ranker_fp32, tmp_path / "static.onnx", calibration)
@@ -328,6 +331,13 @@ def test_pick_best_prefers_fidelity_then_latency():
     assert pick_best(variants, max_abs_diff=0.001) == "fp32"
     with pytest.raises(ValueError, match="fp32"):
         pick_best({k: v for k, v in variants.items() if k != "fp32"}, min_topk_overlap=0.99)
+
+
+def test_pick_best_lets_fidelity_break_latency_near_ties():
+    variants = {"dynamic": {"topk_overlap": 0.96, "max_abs_diff": 0.014, "p50_ms": 0.97},
+                "static": {"topk_overlap": 0.93, "max_abs_diff": 0.025, "p50_ms": 0.95}}
+    assert pick_best(variants) == "dynamic"
+    assert pick_best(variants, latency_margin=0.0) == "static"
 
 
 def test_measure_latency_reports_percentiles(ranker_fp32):

@@ -1,0 +1,77 @@
+"""`python -m compression --model DIR --dataset NAME --out OUT`: distil, quantise, measure, gate, publish.
+
+Writes OUT/teacher/ and OUT/compressed/ bundle roots (versions/ + a `current` pointer), the other
+variants under OUT/variants/, and OUT/card.{json,md,png} (also under reports/compression/NAME/).
+Exit status: 0 published, 1 the quality gate refused (nothing published), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from compression.compress import CompressConfig, GateFailed, compress
+from compression.distill import TowerDistillConfig
+from compression.students import StudentConfig
+from recsys.bundle import BundleError
+from recsys.data.datasets import DEFAULT_DATA_DIR, load_dataset
+from recsys.data.schema import DataError
+from recsys.recommender import ModelSpecError
+from recsys.split import temporal_split
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m compression", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="model directory from `python -m recsys.train`")
+    parser.add_argument("--dataset", required=True, help="the dataset the model was trained on")
+    parser.add_argument("--out", required=True, help="output directory for bundles and the report card")
+    parser.add_argument("--items")
+    parser.add_argument("--users")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--threshold", type=float, default=0.97, help="gate: compressed NDCG@10 >= this x teacher")
+    parser.add_argument("--student-dim", type=int, default=32)
+    parser.add_argument("--tower-epochs", type=int, default=40)
+    parser.add_argument("--ranker-epochs", type=int, default=20)
+    parser.add_argument("--max-steps-per-epoch", type=int, default=None)
+    parser.add_argument("--latency-requests", type=int, default=300)
+    parser.add_argument("--eval-users", type=int, default=None, help="sample test users on very large data")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-publish", action="store_true", help="measure only")
+    parser.add_argument("--reports-dir", default="reports/compression")
+    args = parser.parse_args(argv)
+    if not 0 < args.threshold <= 1.5:
+        parser.error(f"--threshold must be in (0, 1.5], got {args.threshold}")
+    return args
+
+
+def config_from(args: argparse.Namespace) -> CompressConfig:
+    student = StudentConfig(dim=args.student_dim, tower_epochs=args.tower_epochs, ranker_epochs=args.ranker_epochs,
+                            seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch)
+    return CompressConfig(student=student, distill=TowerDistillConfig(), threshold=args.threshold,
+                          latency_requests=args.latency_requests, eval_users=args.eval_users,
+                          publish=not args.no_publish, reports_dir=Path(args.reports_dir) if args.reports_dir else None)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        dataset = load_dataset(args.dataset, args.data_dir, args.items, args.users)
+        card = compress(Path(args.model), dataset, temporal_split(dataset), Path(args.out), config_from(args))
+    except GateFailed as exc:
+        sys.stderr.write(f"quality gate failed: {exc}\n")
+        return 1
+    except (DataError, ModelSpecError, BundleError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    sys.stdout.write((Path(args.out) / "card.md").read_text())
+    log.info("gate passed; published %s", card.get("published"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

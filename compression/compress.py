@@ -1,0 +1,155 @@
+"""Teacher -> students -> int8 -> compact index, every variant measured, the gate, the publish."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from compression.bundle_writer import BundleSpec, publish_bundle
+from compression.distill import TowerDistillConfig
+from compression.report import write_card
+from compression.students import StudentConfig, sample_requests, teacher_student, train_student
+from compression.variants import Variant, build_variant, evaluation_sample, measure_variant
+from recsys.bundle import new_staging_dir
+from recsys.data.datasets import Dataset
+from recsys.model_dir import RANKING_FEATURES, check_same_data, load_trained
+from recsys.ranking_features import FeatureTables
+from recsys.split import Split
+
+log = logging.getLogger(__name__)
+
+SMALL_CATALOG = 20_000
+
+
+class GateFailed(RuntimeError):
+    """The compressed pipeline lost more quality than the gate allows; nothing was published."""
+
+
+@dataclass
+class CompressConfig:
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: TowerDistillConfig = field(default_factory=TowerDistillConfig)
+    threshold: float = 0.97
+    latency_requests: int = 300
+    eval_users: int | None = None
+    target_recall: float = 0.95
+    publish: bool = True
+    reports_dir: Path | None = Path("reports/compression")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "reports_dir": str(self.reports_dir)}
+
+
+def index_factories(n_items: int, dim: int) -> tuple[str, str]:
+    """(SQ8 choice, PQ choice): plain scans for small catalogs, IVF-partitioned ones for large."""
+    # 8-bit PQ codebooks need >= 256 training vectors per sub-quantiser; tiny catalogs use 4 bits.
+    pq = f"PQ{max(1, dim // 4)}" + ("" if n_items >= 1024 else "x4")
+    if n_items < SMALL_CATALOG:
+        return "SQ8", pq
+    return "IVF{auto},SQ8", f"IVF{{auto}},{pq}"
+
+
+def plan_variants(teacher, nokd, kd, n_items: int, cfg: CompressConfig) -> list[Variant]:
+    sq8, pq = index_factories(n_items, kd.towers.cfg.dim)
+    recall = cfg.target_recall
+    return [
+        Variant("teacher-fp32", teacher, BundleSpec("teacher", "Flat")),
+        Variant("student-fp32-nokd", nokd, BundleSpec("student", "Flat")),
+        Variant("student-fp32", kd, BundleSpec("student", "Flat")),
+        Variant("student-int8-flat", kd, BundleSpec("compressed", "Flat", int8=True)),
+        Variant("compressed", kd, BundleSpec("compressed", sq8, int8=True, target_recall=recall)),
+        Variant("compressed-pq", kd, BundleSpec("compressed", pq, int8=True, target_recall=recall)),
+    ]
+
+
+def variant_dir(out: Path, name: str) -> Path:
+    """Teacher and compressed are staged inside their bundle roots (same filesystem, atomic publish)."""
+    if name == "teacher-fp32":
+        return new_staging_dir(out / "teacher")
+    if name == "compressed":
+        return new_staging_dir(out / "compressed")
+    directory = out / "variants" / name
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def gate(rows: list[dict], threshold: float) -> dict:
+    by_name = {row["name"]: row for row in rows}
+    teacher, compressed = by_name["teacher-fp32"]["NDCG@10"], by_name["compressed"]["NDCG@10"]
+    return {"threshold": threshold, "teacher_ndcg": teacher, "compressed_ndcg": compressed,
+            "passed": bool(compressed >= threshold * teacher)}
+
+
+def ratios(rows: list[dict]) -> dict:
+    by_name = {row["name"]: row for row in rows}
+    teacher, compressed = by_name["teacher-fp32"], by_name["compressed"]
+    return {"bytes": compressed["bytes"] / teacher["bytes"],
+            "latency_p50": compressed["latency_p50_ms"] / teacher["latency_p50_ms"],
+            "latency_p99": compressed["latency_p99_ms"] / teacher["latency_p99_ms"],
+            "NDCG@10": compressed["NDCG@10"] / max(teacher["NDCG@10"], 1e-12)}
+
+
+def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: CompressConfig) -> dict:
+    """Run every step; raises GateFailed (after writing the card) when the gate refuses."""
+    trained = load_trained(model_dir)
+    check_same_data(trained, split.users, split.items, model_dir)
+    tables = FeatureTables.load(model_dir / RANKING_FEATURES) if (model_dir / RANKING_FEATURES).exists() else None
+    seed = cfg.student.seed
+    requests = sample_requests(split, cfg.latency_requests, seed)
+    eval_split = evaluation_sample(split, cfg.eval_users, seed)
+    teacher = teacher_student(trained, tables)
+    nokd = train_student("student-nokd", trained, split, tables, cfg.student, distill=None)
+    kd = train_student("student-kd", trained, split, tables, cfg.student, distill=cfg.distill)
+    config = {"dataset": dataset.name, "model_dir": str(model_dir), "compress": cfg.to_dict()}
+    rows, dirs = [], {}
+    for variant in tqdm(plan_variants(teacher, nokd, kd, split.n_items, cfg), desc="variants", unit="variant"):
+        dirs[variant.name] = variant_dir(out, variant.name)
+        runtime = build_variant(variant, dirs[variant.name], dataset, split, requests, config)
+        row = measure_variant(variant.name, dirs[variant.name], split, requests, eval_split)
+        rows.append({**row, "notes": _notes(runtime)})
+    card = {"dataset": dataset.name, "fingerprint": dataset.fingerprint(), "variants": rows,
+            "gate": gate(rows, cfg.threshold), "ratios": ratios(rows), "config": config,
+            "students": {"nokd": nokd.summary, "kd": kd.summary},
+            "notes": [f"quality on {eval_split.test.shape[0]} test users; latency over {len(requests)} "
+                      "single requests (user tower + ANN + features + ranker), same run"]}
+    title = f"Compression report card: {dataset.name}"
+    write_card(card, out, title)
+    if cfg.reports_dir is not None:
+        write_card(card, Path(cfg.reports_dir) / dataset.name, title)
+    if not card["gate"]["passed"]:
+        _discard(dirs)
+        raise GateFailed(f"compressed NDCG@10 {card['gate']['compressed_ndcg']:.4f} < {cfg.threshold:.2f} x teacher "
+                         f"{card['gate']['teacher_ndcg']:.4f}; nothing was published (card: {out / 'card.md'})")
+    if cfg.publish:
+        by_name = {row["name"]: row for row in rows}
+        for name, root, kind in (("teacher-fp32", "teacher", "teacher"), ("compressed", "compressed", "compressed")):
+            path = publish_bundle(dirs[name], out / root, kind=kind, dataset=dataset,
+                                  config={**config, "variant": name}, metrics=_metrics(by_name[name]))
+            card.setdefault("published", {})[name] = str(path)
+            log.info("published %s bundle %s", name, path)
+    return card
+
+
+def _metrics(row: dict) -> dict:
+    keys = ("HR@10", "NDCG@10", "latency_p50_ms", "latency_p99_ms", "bytes", "params")
+    return {key: row[key] for key in keys}
+
+
+def _notes(runtime: dict) -> str:
+    parts = [f"index {runtime['index']['factory']} {runtime['index']['query_params'] or ''}".strip()]
+    for model in ("user_tower", "ranker"):
+        if model in runtime:
+            info = runtime[model]
+            parts.append(f"{model} {info['precision']}" + (f" ({info['dense_layers']})" if "dense_layers" in info
+                                                           else ""))
+    return "; ".join(parts)
+
+
+def _discard(dirs: dict[str, Path]) -> None:
+    for name in ("teacher-fp32", "compressed"):
+        shutil.rmtree(dirs.get(name, Path("/nonexistent")), ignore_errors=True)

@@ -1,0 +1,94 @@
+"""Small students for the towers and the ranker, trained with and without their teacher."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from compression.distill import TowerDistillConfig, TowerDistiller
+from recsys.model_dir import TrainedModel
+from recsys.models.two_tower import TwoTower, TwoTowerConfig
+from recsys.ranking_features import FeatureTables
+from recsys.split import Split
+from recsys.train_ranker import RankerTrainConfig, train_ranker
+from recsys.train_towers import TowerTrainConfig, train_two_tower
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudentConfig:
+    dim: int = 32
+    hidden: int = 64
+    depth: int = 1
+    ranker_width: int = 64
+    ranker_depth: int = 1
+    ranker_cross: int = 1
+    tower_epochs: int = 40
+    ranker_epochs: int = 20
+    seed: int = 0
+    max_steps_per_epoch: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Student:
+    name: str
+    towers: TwoTower
+    ranker: object | None
+    tables: FeatureTables | None
+    summary: dict
+
+
+def student_tower_config(teacher: TwoTowerConfig, cfg: StudentConfig) -> TwoTowerConfig:
+    return replace(teacher, dim=cfg.dim, hidden=cfg.hidden, depth=cfg.depth)
+
+
+def tower_train_config(trained: TrainedModel, cfg: StudentConfig) -> TowerTrainConfig:
+    stored = trained.config.get("tower_training", {})
+    known = {k: v for k, v in stored.items() if k in TowerTrainConfig.__dataclass_fields__}
+    return TowerTrainConfig(**{**known, "epochs": cfg.tower_epochs, "seed": cfg.seed,
+                               "max_steps_per_epoch": cfg.max_steps_per_epoch})
+
+
+def ranker_train_config(trained: TrainedModel, cfg: StudentConfig) -> RankerTrainConfig:
+    stored = trained.config.get("ranker_training", {})
+    known = {k: v for k, v in stored.items() if k in RankerTrainConfig.__dataclass_fields__}
+    loss = trained.config.get("ranker_result", {}).get("loss", known.get("loss", "softmax"))
+    return RankerTrainConfig(**{**known, "loss": loss, "epochs": cfg.ranker_epochs, "seed": cfg.seed})
+
+
+def train_student(name: str, trained: TrainedModel, split: Split, tables: FeatureTables | None, cfg: StudentConfig,
+                  distill: TowerDistillConfig | None) -> Student:
+    """Train small towers (+ ranker when the teacher has one); ``distill`` None = no teacher."""
+    model_cfg = student_tower_config(trained.towers.cfg, cfg)
+    extra = TowerDistiller(trained.towers, distill) if distill is not None else None
+    result = train_two_tower(split, model_cfg, tower_train_config(trained, cfg), trained.item_tokens,
+                             trained.user_tokens, extra_loss=extra, label=f"{name} towers")
+    summary = {"towers": model_cfg.to_dict(), "tower_valid_NDCG@10": result.best_ndcg,
+               "tower_best_epoch": result.best_epoch, "tower_seconds": round(result.seconds, 1),
+               "distill": None if distill is None else distill.to_dict()}
+    ranker = None
+    if trained.ranker is not None and tables is not None:
+        ranked = train_ranker(split, result.model, tables, ranker_train_config(trained, cfg), width=cfg.ranker_width,
+                              depth=cfg.ranker_depth, n_cross=cfg.ranker_cross)
+        ranker, tables = ranked.model, ranked.tables
+        summary.update({"ranker": ranked.model.cfg.to_dict(), "ranker_valid_NDCG@10": ranked.best_ndcg,
+                        "ranker_loss": ranked.loss, "ranker_seconds": round(ranked.seconds, 1)})
+    log.info("student %s: towers valid NDCG@10 %.4f", name, result.best_ndcg)
+    return Student(name, result.model, ranker, tables, summary)
+
+
+def teacher_student(trained: TrainedModel, tables: FeatureTables | None) -> Student:
+    return Student("teacher", trained.towers, trained.ranker, tables, {"towers": trained.towers.cfg.to_dict()})
+
+
+def sample_requests(split: Split, n: int, seed: int) -> np.ndarray:
+    """A seeded sample of test users, the requests latency and calibration are measured on."""
+    users, _ = split.targets("test")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(users, size=min(n, len(users)), replace=False))

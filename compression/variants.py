@@ -1,0 +1,116 @@
+"""Build one bundle directory per variant and measure it the way serving will run it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from compression.bundle_writer import BundleSpec, write_bundle
+from compression.students import Student
+from recsys.bundle import write_manifest
+from recsys.bundle_content import INDEX_DIR, RANKER, USER_TOWER
+from recsys.data.datasets import Dataset
+from recsys.evaluate import evaluate_model
+from recsys.pipeline_torch import towers_pipeline
+from recsys.runtime import load_serving_model
+from recsys.split import Split
+from recsys.train_towers import sample_users
+
+log = logging.getLogger(__name__)
+
+SERVED_FILES = (USER_TOWER, RANKER, "item_vectors.npy", "item_vectors_int8.npy", "item_scales.npy",
+                f"{INDEX_DIR}/index.faiss")
+
+
+@dataclass
+class Variant:
+    name: str
+    student: Student
+    spec: BundleSpec
+
+
+class RecordingScorer:
+    """Wraps a ranker scorer and keeps its real inputs: calibration data for int8."""
+
+    def __init__(self, scorer, limit: int):
+        self.scorer = scorer
+        self.limit = limit
+        self.feeds: list[dict[str, np.ndarray]] = []
+
+    def __call__(self, user_vec, item_vec, dense):
+        if len(self.feeds) < self.limit:
+            self.feeds.append({"user_vec": user_vec.copy(), "item_vec": item_vec.astype(np.float32),
+                               "dense": dense.astype(np.float32)})
+        return self.scorer(user_vec, item_vec, dense)
+
+
+def ranker_feeds(student: Student, split: Split, requests: np.ndarray, n_batches: int = 8) -> list[dict]:
+    """Real ranker inputs from the student's fp32 pipeline on training-log requests."""
+    if student.ranker is None:
+        return []
+    pipeline = towers_pipeline(student.towers, student.tables, student.ranker)
+    recorder = RecordingScorer(pipeline.score_candidates, n_batches)
+    pipeline.score_candidates = recorder
+    pipeline.batch_size = max(1, len(requests) // n_batches)
+    pipeline.recommend(requests, 10, split.user_history("valid"))
+    return recorder.feeds
+
+
+def build_variant(variant: Variant, directory: Path, dataset: Dataset, split: Split, requests: np.ndarray,
+                  config: dict) -> dict:
+    student = variant.student
+    feeds = ranker_feeds(student, split, requests)
+    arrays = student.tables.to_arrays() if student.tables is not None else None
+    runtime = write_bundle(directory, student.towers, dataset, split, variant.spec, student.ranker, arrays,
+                           requests, feeds)
+    write_manifest(directory, kind=variant.spec.kind, data_fingerprint=dataset.fingerprint(),
+                   config={**config, "variant": variant.name, "student": student.summary}, metrics={})
+    return runtime
+
+
+def served_bytes(directory: Path) -> int:
+    return sum((directory / name).stat().st_size for name in SERVED_FILES if (directory / name).exists())
+
+
+def request_latency(directory: Path, split: Split, requests: np.ndarray, k: int = 10,
+                    warmup: int = 20) -> dict[str, float]:
+    """Single requests through the serving path with the user tower run per request (no cache)."""
+    model = load_serving_model(directory, precompute_users=False)
+    user_ids = split.users.to_external(requests)
+    for user in user_ids[:warmup]:
+        model.recommend(user, k)
+    timings = np.empty(len(user_ids))
+    for i, user in enumerate(user_ids):
+        started = time.perf_counter_ns()
+        model.recommend(user, k)
+        timings[i] = (time.perf_counter_ns() - started) / 1e6
+    return {"latency_p50_ms": float(np.percentile(timings, 50)), "latency_p99_ms": float(np.percentile(timings, 99))}
+
+
+def evaluation_sample(split: Split, max_users: int | None, seed: int) -> Split:
+    """The test split, or a seeded sample of its users for very large data (reported as such)."""
+    if max_users is None or split.n_users <= max_users:
+        return split
+    sampled = sample_users(split, max_users, seed)
+    test = split.test[split.test["u"].isin(sampled.valid["u"])].reset_index(drop=True)
+    return Split(split.users, split.items, split.train, sampled.valid, test, split.context_columns)
+
+
+def measure_variant(name: str, directory: Path, split: Split, requests: np.ndarray,
+                    eval_split: Split) -> dict:
+    model = load_serving_model(directory, precompute_users=False)
+    metrics, _ = evaluate_model(model.recommender(), eval_split, "test")
+    row = {"name": name, "params": int(model.runtime.get("params", 0)), "bytes": served_bytes(directory),
+           **request_latency(directory, split, requests),
+           "HR@10": metrics["HR@10"], "NDCG@10": metrics["NDCG@10"], "HR@10_se": metrics["HR@10_se"],
+           "NDCG@10_se": metrics["NDCG@10_se"], "users": metrics["users"],
+           "index": model.runtime.get("index", {}).get("factory"),
+           "recall@100": model.runtime.get("index", {}).get("recall@100"),
+           "precision": model.runtime.get("user_tower", {}).get("precision")}
+    log.info("variant %s: NDCG@10 %.4f, p50 %.3f ms, %d bytes", name, row["NDCG@10"], row["latency_p50_ms"],
+             row["bytes"])
+    return row

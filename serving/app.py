@@ -1,0 +1,63 @@
+"""``create_app(settings)``: the FastAPI service over one live bundle and the event store.
+
+The lifespan loads the bundle once (startup fails if it cannot be loaded or smoke-tested), opens
+the event store and starts the optional ``current`` watcher. Tests run it with
+``with TestClient(create_app(Settings(bundle=...))) as client:``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from recsys.data.events import EventStore
+from recsys.index import set_faiss_threads
+from serving.errors import install_error_handlers
+from serving.metrics import MetricsMiddleware, ServingMetrics
+from serving.routes import Services, build_router
+from serving.settings import Settings
+from serving.state import CurrentWatcher, ModelState
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = ServingMetrics()
+    services = Services(settings, ModelState(settings, metrics), metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # One thread per worker: throughput comes from worker processes, not threads per query.
+        set_faiss_threads(settings.threads)
+        live = await run_in_threadpool(services.state.load_initial)
+        services.events = EventStore(settings.events_db)
+        watcher = CurrentWatcher(services.state, settings.watch_interval_s) if settings.watch_current else None
+        if watcher:
+            watcher.start()
+        log.info("serving bundle %s; events go to %s", live.version, settings.events_db)
+        try:
+            yield
+        finally:
+            if watcher:
+                watcher.stop()
+            store, services.events = services.events, None
+            store.close()
+
+    app = FastAPI(title="recsys-compressed", summary="Recommendations from a compressed model bundle",
+                  lifespan=lifespan, max_body_size=settings.max_body_bytes)
+    app.state.services = services
+    install_error_handlers(app)
+    router = build_router(services)
+    app.include_router(router)
+    endpoints = [route.path for route in router.routes] + [app.openapi_url, app.docs_url, app.redoc_url]
+    app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=[path for path in endpoints if path])
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory serving.app:create_app_from_env`` (each worker reads ``RECSYS_*``)."""
+    return create_app(Settings())

@@ -1,0 +1,139 @@
+"""Every error leaves the service as ``ErrorResponse`` JSON: domain errors as 4xx/503, the rest as 500.
+
+Handlers never echo request input (it may be huge or not encodable) and never send a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from recsys.data.events import InvalidEvent
+from recsys.runtime import UnknownItemError
+from serving.schemas import ErrorResponse
+
+log = logging.getLogger(__name__)
+
+MAX_REPORTED_ERRORS = 5
+_MAX_LOC_PART = 64
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 415: "unsupported_media_type"}
+_FRIENDLY_MESSAGES = {
+    "string_pattern_mismatch": "must contain a visible character and no control characters",
+}
+
+
+class ServingError(Exception):
+    """An error the client can act on; ``status`` and ``code`` say how it is answered."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+
+
+class NotReady(ServingError):
+    status, code = 503, "not_ready"
+
+
+class InvalidRequest(ServingError):
+    status, code = 422, "invalid_request"
+
+
+class BundlePathInvalid(ServingError):
+    status, code = 422, "bundle_not_found"
+
+
+class BundleRefused(ServingError):
+    status, code = 409, "bundle_refused"
+
+
+class AdminDisabled(ServingError):
+    status, code = 403, "admin_disabled"
+
+
+class Unauthorized(ServingError):
+    status, code = 401, "unauthorized"
+
+
+# Errors raised by recsys (which knows nothing about HTTP): status, code, and the detail to send.
+def _unknown_item(exc: Exception) -> str:
+    return (f"unknown item {exc.args[0]!r}: it is not in the served bundle "
+            "(new items become known after the next retrain)")
+
+
+def _event_store_busy(exc: Exception) -> str:
+    return f"event store unavailable ({exc}); nothing from this request was stored, retry later"
+
+
+_FOREIGN: dict[type[Exception], tuple[int, str, Any]] = {
+    UnknownItemError: (404, "unknown_item", _unknown_item),
+    InvalidEvent: (422, "invalid_event", str),
+    sqlite3.OperationalError: (503, "event_store_unavailable", _event_store_busy),
+}
+
+
+def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(ErrorResponse(error=code, detail=_printable(detail)).model_dump(), status, headers=headers)
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, ServingError):
+        return error_response(exc.status, exc.code, exc.detail, exc.headers)
+    for kind, (status, code, describe) in _FOREIGN.items():
+        if isinstance(exc, kind):
+            if status >= 500:
+                log.warning("%s %s: %s", request.method, request.url.path, exc)
+            return error_response(status, code, describe(exc))
+    return await _unexpected(request, exc)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return error_response(422, "invalid_request", describe_validation_errors(exc.errors()))
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error in %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "unexpected server error; the server log has the details")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    for kind in (ServingError, *_FOREIGN):
+        app.add_exception_handler(kind, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+def describe_validation_errors(errors: Sequence[dict[str, Any]]) -> str:
+    """``query.k: Input should be less than or equal to 100; body.events.3.user: Field required``."""
+    parts = []
+    for error in errors[:MAX_REPORTED_ERRORS]:
+        loc = ".".join(str(part)[:_MAX_LOC_PART] for part in error.get("loc", ()))
+        message = _FRIENDLY_MESSAGES.get(error.get("type"), error.get("msg", "invalid"))
+        reason = (error.get("ctx") or {}).get("error")
+        if error.get("type") == "json_invalid" and reason:
+            message = f"{message} ({reason}): send a JSON object or a list of objects"
+        parts.append(f"{loc}: {message}" if loc else message)
+    if len(errors) > MAX_REPORTED_ERRORS:
+        parts.append(f"and {len(errors) - MAX_REPORTED_ERRORS} more")
+    return "; ".join(parts)
+
+
+def _printable(text: str) -> str:
+    # A JSON key the client sent can hold a lone surrogate; UTF-8 cannot encode one.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -1,0 +1,197 @@
+"""The HTTP endpoints. Limits come from ``Settings``, so each app's OpenAPI schema states its own.
+
+The hot endpoints (/recommend, /similar) are ``async``: the model call is a few hundred
+microseconds of CPU, cheaper to run on the event loop than to hand to a thread. /events and
+/admin/reload block (fsync, loading a bundle), so they are plain ``def`` and run in the thread pool.
+Responses are declared as models (for the OpenAPI schema) but written as pre-serialised JSON;
+benchmarks/bench_response_encoding.py measures why.
+"""
+
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic_core import to_json
+
+from recsys.data.events import Event, EventStore
+from recsys.runtime import Recommendation, UnknownItemError
+from serving.errors import AdminDisabled, InvalidRequest, NotReady, Unauthorized
+from serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
+from serving.schemas import (
+    ID_PATTERN,
+    ErrorResponse,
+    EventIn,
+    EventsAccepted,
+    HealthResponse,
+    ReadyResponse,
+    RecommendResponse,
+    ReloadRequest,
+    ReloadResponse,
+    SimilarResponse,
+    VersionResponse,
+    event_in_model,
+    events_body,
+)
+from serving.settings import Settings
+from serving.state import ModelState
+
+JSON = "application/json"
+_HEALTHY = HealthResponse().model_dump_json().encode()
+
+
+@dataclass
+class Services:
+    """What the endpoints use; the lifespan fills in ``events``."""
+
+    settings: Settings
+    state: ModelState
+    metrics: ServingMetrics
+    events: EventStore | None = None
+
+
+def json_response(body: bytes, status: int = 200) -> Response:
+    return Response(body, status, media_type=JSON)
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse} for status in statuses}
+
+
+def _items(rec: Recommendation) -> list[dict[str, Any]]:
+    titles = rec.titles if rec.titles is not None else [None] * len(rec.items)
+    return [{"item_id": str(item), "score": score, "title": title}
+            for item, score, title in zip(rec.items, rec.scores, titles, strict=True)]
+
+
+def recommend_json(user: str, rec: Recommendation, version: str) -> bytes:
+    """The RecommendResponse body from plain dicts by pydantic-core's Rust encoder.
+
+    Same JSON as the model, without validating one; the stdlib encoder is slower here mostly
+    because repr() of float32-derived scores is slow.
+    """
+    return to_json({"user": user, "items": _items(rec), "model_version": version, "fallback": rec.fallback})
+
+
+def similar_json(item: str, rec: Recommendation, version: str) -> bytes:
+    return to_json({"item": item, "items": _items(rec), "model_version": version})
+
+
+def split_ids(raw: str | None, max_ids: int, max_id_length: int) -> list[str]:
+    """``"a,b,,c"`` -> ``["a", "b", "c"]``, within the configured limits."""
+    if not raw:
+        return []
+    ids = [part for part in raw.split(",") if part]
+    if len(ids) > max_ids:
+        raise InvalidRequest(f"query.exclude: at most {max_ids} item ids may be excluded, got {len(ids)}")
+    too_long = next((part for part in ids if len(part) > max_id_length), None)
+    if too_long is not None:
+        raise InvalidRequest(f"query.exclude: item ids are at most {max_id_length} characters, "
+                             f"one has {len(too_long)}")
+    return ids
+
+
+def build_router(services: Services) -> APIRouter:
+    settings, state, metrics = services.settings, services.state, services.metrics
+    router = APIRouter()
+
+    def external_id(what: str) -> Any:
+        return Query(min_length=1, max_length=settings.max_id_length, pattern=ID_PATTERN, description=f"{what} id")
+
+    UserId = Annotated[str, external_id("user")]
+    ItemId = Annotated[str, external_id("item")]
+    K = Annotated[int, Query(ge=1, le=settings.max_k, description="how many items to return")]
+    Exclude = Annotated[str | None, Query(
+        max_length=settings.max_exclude * (settings.max_id_length + 1),
+        description="comma-separated item ids never to return (e.g. the cart)")]
+    EventModel = event_in_model(settings.max_id_length)
+    Events = Annotated[events_body(EventModel, settings.max_events_per_request), Body()]
+
+    @router.get("/recommend", response_model=RecommendResponse, responses=_errors(422, 503))
+    async def recommend(user: UserId, k: K = 10, exclude: Exclude = None) -> Response:
+        """Top-k items for a user; unknown users get popular items, marked ``fallback: "popular"``."""
+        excluded = split_ids(exclude, settings.max_exclude, settings.max_id_length)
+        live = state.current()
+        rec = live.model.recommend(live.ids.user(user), k, live.ids.items(excluded))
+        metrics.observe_stages("/recommend", rec.timings_ms)
+        if rec.fallback:
+            metrics.observe_fallback(rec.fallback)
+        return json_response(recommend_json(user, rec, live.version))
+
+    @router.get("/similar", response_model=SimilarResponse, responses=_errors(404, 422, 503))
+    async def similar(item: ItemId, k: K = 10) -> Response:
+        """Items closest to ``item`` in the model's item space; 404 when the bundle does not know it."""
+        live = state.current()
+        key = live.ids.item(item)
+        if key is None:
+            raise UnknownItemError(item)
+        rec = live.model.similar(key, k)
+        metrics.observe_stages("/similar", rec.timings_ms)
+        return json_response(similar_json(item, rec, live.version))
+
+    @router.post("/events", status_code=202, response_model=EventsAccepted, responses=_errors(413, 422, 503))
+    def post_events(events: Events) -> Response:
+        """Store one event or a batch; answered only once the batch is durable (fsynced)."""
+        store = services.events
+        if store is None:
+            raise NotReady("the event store is not open yet: wait until GET /readyz answers 200")
+        batch: list[EventIn] = events if isinstance(events, list) else [events]
+        accepted = store.append([Event(e.user, e.item, e.event, e.timestamp) for e in batch])
+        return json_response(EventsAccepted(accepted=accepted).model_dump_json().encode(), 202)
+
+    @router.get("/healthz", response_model=HealthResponse)
+    async def healthz() -> Response:
+        """The process is up (it may still be loading a model)."""
+        return json_response(_HEALTHY)
+
+    @router.get("/readyz", response_model=ReadyResponse, responses=_errors(503))
+    async def readyz() -> Response:
+        """200 once a bundle is loaded and its smoke query passed; 503 before."""
+        live = state.current()
+        if services.events is None:
+            raise NotReady("the event store is not open yet")
+        return json_response(ReadyResponse(model_version=live.version).model_dump_json().encode())
+
+    @router.get("/version", response_model=VersionResponse, responses=_errors(503))
+    async def version() -> Response:
+        """The served bundle's manifest summary."""
+        return json_response(state.current().version_json)
+
+    @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    async def prometheus_metrics() -> Response:
+        """Prometheus text exposition of this worker's metrics."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    require_admin = admin_guard(settings)
+
+    @router.post("/admin/reload", response_model=ReloadResponse, dependencies=[Depends(require_admin)],
+                 responses=_errors(401, 403, 409, 422))
+    def reload(request: Annotated[ReloadRequest | None, Body()] = None) -> ReloadResponse:
+        """Load, verify and smoke-test a bundle, then swap it in; a refused bundle leaves the old one serving."""
+        outcome = state.reload(request.path if request else None)
+        return ReloadResponse(previous_version=outcome.previous_version, version=outcome.version,
+                              changed=outcome.changed)
+
+    return router
+
+
+def admin_guard(settings: Settings) -> Any:
+    """A dependency accepting ``Authorization: Bearer <token>`` or ``X-Admin-Token: <token>``."""
+    bearer = HTTPBearer(auto_error=False, scheme_name="AdminBearer")
+    header = APIKeyHeader(name="X-Admin-Token", auto_error=False, scheme_name="AdminToken")
+
+    def require_admin(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+                      token: Annotated[str | None, Depends(header)]) -> None:
+        if settings.admin_token is None:
+            raise AdminDisabled("admin token not configured: set RECSYS_ADMIN_TOKEN to enable /admin routes")
+        given = credentials.credentials if credentials is not None else token
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if not given:
+            raise Unauthorized("send the admin token as `Authorization: Bearer <token>` or `X-Admin-Token: <token>`",
+                               challenge)
+        if not hmac.compare_digest(given.encode(), settings.admin_token.get_secret_value().encode()):
+            raise Unauthorized("the admin token is wrong", challenge)
+
+    return require_admin

@@ -1,0 +1,117 @@
+"""The HTTP API's bodies: their own classes, never internal objects. Item ids are strings on the wire."""
+
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, create_model
+
+# At least one visible character and no control characters: a NUL would be cut off by SQLite's
+# length() (the events table's CHECK), and a blank id would poison training data.
+ID_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+DEFAULT_MAX_ID_LENGTH = 256
+MAX_EVENT_TYPE_LENGTH = 64
+# 2100-01-01: a larger value is almost always milliseconds sent where seconds are expected.
+MAX_TIMESTAMP = 4_102_444_800
+MAX_PATH_LENGTH = 4096
+
+
+def external_id(max_length: int = DEFAULT_MAX_ID_LENGTH) -> Any:
+    """The string type of a user or item id in requests (one definition for query and body)."""
+    return Annotated[str, StringConstraints(min_length=1, max_length=max_length, pattern=ID_PATTERN)]
+
+
+class ItemScore(BaseModel):
+    item_id: str
+    score: float
+    title: str | None = None
+
+
+class RecommendResponse(BaseModel):
+    user: str
+    items: list[ItemScore]
+    model_version: str
+    fallback: Literal["popular"] | None = Field(
+        None, description="set when the user is unknown (or has no history) and popular items were served"
+    )
+
+
+class SimilarResponse(BaseModel):
+    item: str
+    items: list[ItemScore]
+    model_version: str
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user: external_id()
+    item: external_id()
+    event: Annotated[str, StringConstraints(min_length=1, max_length=MAX_EVENT_TYPE_LENGTH, pattern=ID_PATTERN)] = (
+        "interaction"
+    )
+    timestamp: int | None = Field(
+        None, strict=True, ge=0, le=MAX_TIMESTAMP,
+        description="unix seconds (not milliseconds); omitted means when the server stored it",
+    )
+
+
+def event_in_model(max_id_length: int) -> type[EventIn]:
+    """``EventIn`` with this deployment's id length limit (``Settings.max_id_length``)."""
+    if max_id_length == DEFAULT_MAX_ID_LENGTH:
+        return EventIn
+    return create_model("EventIn", __base__=EventIn,
+                        user=(external_id(max_id_length), ...), item=(external_id(max_id_length), ...))
+
+
+def events_body(event_model: type[EventIn], max_events: int) -> Any:
+    """One event object or a non-empty list of at most ``max_events``.
+
+    The discriminator picks the branch from the JSON type, so an error names only the fields of
+    the shape that was sent (not "... or it should have been a list").
+    """
+    batch = Annotated[list[event_model], Field(min_length=1, max_length=max_events)]
+    return Annotated[
+        Annotated[event_model, Tag("event")] | Annotated[batch, Tag("events")],
+        Discriminator(lambda value: "events" if isinstance(value, list) else "event"),
+    ]
+
+
+class EventsAccepted(BaseModel):
+    accepted: int
+
+
+class VersionResponse(BaseModel):
+    bundle_version: str
+    kind: str
+    created_at: str
+    data_fingerprint: str
+    format_version: int
+    metrics: dict[str, Any]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["alive"] = "alive"
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"] = "ready"
+    model_version: str
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: Annotated[str, StringConstraints(min_length=1, max_length=MAX_PATH_LENGTH, pattern=ID_PATTERN)] | None = (
+        Field(None, description="a bundle directory or bundles root; omitted means the configured bundle")
+    )
+
+
+class ReloadResponse(BaseModel):
+    previous_version: str | None
+    version: str
+    changed: bool
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="a stable machine-readable code, e.g. unknown_item")
+    detail: str = Field(description="what went wrong and, where possible, how to fix it")

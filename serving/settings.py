@@ -1,0 +1,41 @@
+"""Service settings from ``RECSYS_*`` environment variables (or passed in directly by tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "RECSYS_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    bundle: Path = Field(description="a bundles root (serves its `current` version) or one bundle directory")
+    events_db: Path = Path("data/events.sqlite")
+    admin_token: SecretStr | None = Field(None, description="unset: /admin routes answer 403")
+    threads: int = Field(1, ge=1, description="ONNX Runtime and FAISS threads per worker process")
+    max_k: int = Field(100, ge=1, le=10_000)
+    max_id_length: int = Field(256, ge=1, le=4096)
+    max_exclude: int = Field(1000, ge=0, description="most item ids one /recommend may exclude")
+    max_events_per_request: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
+    watch_current: bool = Field(False, description="poll the bundles root's `current` pointer and hot-reload")
+    watch_interval_s: float = Field(5.0, gt=0)
+    precompute_users: bool = True
+
+
+def settings_to_env(settings: Settings) -> dict[str, str]:
+    """The ``RECSYS_*`` variables that rebuild ``settings`` in another process (uvicorn workers)."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+    return env

@@ -1,0 +1,183 @@
+"""The live bundle and its hot swap.
+
+A request reads ``ModelState.current()`` once and uses that ``LiveModel`` to the end, so a swap in
+the middle of a request is harmless: the old model stays alive until its last request drops it.
+A reload loads, verifies (checksums) and smoke-tests the new bundle *before* the swap, which only
+replaces one reference under a lock; a bundle that fails any check is refused and the old one
+keeps serving. While a reload runs, two models are in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from recsys.bundle import BundleError, Manifest, resolve_bundle
+from recsys.runtime import ServingModel, load_serving_model
+from serving.errors import BundlePathInvalid, BundleRefused, NotReady
+from serving.ids import RequestIds
+from serving.metrics import ServingMetrics
+from serving.schemas import VersionResponse
+from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LiveModel:
+    """A loaded, smoke-tested bundle plus what requests need from it, computed once at load."""
+
+    model: ServingModel
+    ids: RequestIds
+    version_json: bytes
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+    @property
+    def bundle_dir(self) -> Path:
+        return self.model.bundle_dir
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    previous_version: str | None
+    version: str
+    changed: bool
+
+
+def version_json(manifest: Manifest) -> bytes:
+    return VersionResponse(bundle_version=manifest.bundle_version, kind=manifest.kind,
+                           created_at=manifest.created_at, data_fingerprint=manifest.data_fingerprint,
+                           format_version=manifest.format_version, metrics=manifest.metrics).model_dump_json().encode()
+
+
+class ModelState:
+    def __init__(self, settings: Settings, metrics: ServingMetrics | None = None):
+        self.settings = settings
+        self.metrics = metrics or ServingMetrics()
+        self._live: LiveModel | None = None
+        self._swap_lock = threading.Lock()
+        # Serialises reloads (admin route, watcher) so two never load at once; requests never take it.
+        self._reload_lock = threading.Lock()
+
+    @property
+    def live(self) -> LiveModel | None:
+        return self._live
+
+    def current(self) -> LiveModel:
+        live = self._live
+        if live is None:
+            raise NotReady("no model is loaded yet: wait until GET /readyz answers 200")
+        return live
+
+    def load_initial(self) -> LiveModel:
+        """Load the configured bundle; any problem propagates, so a server never starts without a model."""
+        with self._reload_lock:
+            live = self._open(resolve_bundle(self.settings.bundle))
+            self._swap(live)
+        return live
+
+    def reload(self, path: str | Path | None = None) -> ReloadOutcome:
+        """Swap to the bundle at ``path`` (default: the configured one, e.g. a root whose ``current`` moved)."""
+        with self._reload_lock:
+            previous = self._live
+            old_version = previous.version if previous else None
+            target = self._resolve(path)
+            if previous is not None and target == previous.bundle_dir:
+                self.metrics.observe_reload("unchanged")
+                log.info("reload: %s is already being served", old_version)
+                return ReloadOutcome(old_version, old_version, changed=False)
+            try:
+                live = self._open(target)
+            except Exception as exc:
+                self.metrics.observe_reload("refused")
+                self._log_refusal(target, exc, old_version)
+                raise BundleRefused(f"bundle {target} was refused, still serving {old_version}: {exc}") from exc
+            self._swap(live)
+        self.metrics.observe_reload("success")
+        log.info("hot-swapped bundle %s -> %s", old_version, live.version)
+        return ReloadOutcome(old_version, live.version, changed=True)
+
+    def _resolve(self, path: str | Path | None) -> Path:
+        given = self.settings.bundle if path is None else Path(path)
+        try:
+            return resolve_bundle(given)
+        except (BundleError, OSError, ValueError) as exc:
+            self.metrics.observe_reload("refused")
+            log.error("reload refused: %s", exc)
+            raise BundlePathInvalid(str(exc)) from exc
+
+    @staticmethod
+    def _log_refusal(target: Path, exc: Exception, old_version: str | None) -> None:
+        if isinstance(exc, BundleError):
+            log.error("refused bundle %s (%s); still serving %s", target, exc, old_version)
+        else:  # not a known bundle problem: keep the traceback for whoever debugs it
+            log.exception("refused bundle %s (smoke test or load failed); still serving %s", target, old_version)
+
+    def _open(self, bundle_dir: Path) -> LiveModel:
+        model = load_serving_model(bundle_dir, verify=True, threads=self.settings.threads,
+                                   precompute_users=self.settings.precompute_users)
+        model.smoke_test()
+        return LiveModel(model, RequestIds(model.content.users, model.content.items), version_json(model.manifest))
+
+    def _swap(self, live: LiveModel) -> None:
+        with self._swap_lock:
+            self._live = live
+        self.metrics.set_model(live.model.manifest)
+
+
+class CurrentWatcher:
+    """Polls the bundles root's ``current`` pointer and reloads when it points somewhere new.
+
+    A target that was refused is not retried until ``current`` moves again, so a bad publish
+    produces one error, not one per poll.
+    """
+
+    def __init__(self, state: ModelState, interval_s: float):
+        self.state = state
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bundle-watcher", daemon=True)
+        self._refused: Path | None = None
+        self._last_problem: str | None = None
+
+    def start(self) -> None:
+        log.info("watching %s for a new `current` bundle every %.1f s", self.state.settings.bundle, self.interval_s)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check_once()
+            except Exception:  # a bug here must not silently end hot reloads
+                log.exception("watcher: unexpected error; will check again in %.1f s", self.interval_s)
+
+    def check_once(self) -> bool:
+        """Reload if ``current`` moved; True when a new bundle is now served."""
+        try:
+            target = resolve_bundle(self.state.settings.bundle)
+        except (BundleError, OSError) as exc:
+            if str(exc) != self._last_problem:
+                log.warning("watcher: %s; still serving the loaded bundle", exc)
+                self._last_problem = str(exc)
+            return False
+        self._last_problem = None
+        live = self.state.live
+        if (live is not None and target == live.bundle_dir) or target == self._refused:
+            return False
+        try:
+            self.state.reload(target)
+        except (BundleRefused, BundlePathInvalid):
+            self._refused = target
+            return False
+        self._refused = None
+        return True

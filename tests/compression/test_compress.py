@@ -1,0 +1,66 @@
+"""End to end on a tiny real log: train -> compress -> card + gate -> published bundles that serve."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compression.__main__ import main as compress_main
+from recsys.bundle import current_version, load_manifest, resolve_bundle
+from recsys.data.synthetic import SyntheticConfig, generate
+from recsys.runtime import load_serving_model
+from recsys.train import main as train_main
+
+FAST = ["--tower-epochs", "2", "--ranker-epochs", "1", "--latency-requests", "20", "--reports-dir", ""]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compress")
+    paths = generate(SyntheticConfig(n_users=300, n_items=200, n_interactions=6000, seed=1), root / "data",
+                     progress=False)
+    data = ["--dataset", str(paths.interactions), "--items", str(paths.items), "--data-dir", str(root)]
+    assert train_main([*data, "--out", str(root / "model"), "--epochs", "2", "--dim", "16", "--hidden", "32",
+                       "--ranker-epochs", "1"]) == 0
+    return root, data
+
+
+def test_compress_writes_card_and_serving_bundles(trained, capsys):
+    root, data = trained
+    out = root / "out"
+    assert compress_main(["--model", str(root / "model"), *data, "--out", str(out), "--threshold", "0.3", *FAST]) == 0
+    card = json.loads((out / "card.json").read_text())
+    names = [row["name"] for row in card["variants"]]
+    assert {"teacher-fp32", "student-fp32-nokd", "student-fp32", "compressed"} <= set(names)
+    for row in card["variants"]:
+        assert row["bytes"] > 0 and row["latency_p50_ms"] > 0 and 0 <= row["NDCG@10"] <= 1
+    by_name = {row["name"]: row for row in card["variants"]}
+    assert by_name["compressed"]["bytes"] < by_name["teacher-fp32"]["bytes"] / 2
+    assert card["gate"]["passed"] and (out / "card.md").exists() and (out / "card.png").stat().st_size > 1000
+    for root_name in ("teacher", "compressed"):
+        assert current_version(out / root_name)
+        served = load_serving_model(out / root_name)
+        assert served.recommend(served.content.users.ids[0], 5).items
+    manifest = load_manifest(resolve_bundle(out / "compressed"))
+    assert manifest.kind == "compressed" and "NDCG@10" in manifest.metrics
+    runtime = json.loads((out / "compressed" / "current" / "runtime.json").read_text())
+    assert runtime["user_tower"]["precision"] == "int8" and runtime["ranker"]["precision"] == "int8"
+    capsys.readouterr()
+
+
+def test_gate_refuses_and_publishes_nothing(trained, capsys):
+    root, data = trained
+    out = root / "refused"
+    code = compress_main(["--model", str(root / "model"), *data, "--out", str(out), "--threshold", "1.5", *FAST])
+    assert code == 1
+    assert "quality gate failed" in capsys.readouterr().err
+    assert (out / "card.json").exists()
+    assert not json.loads((out / "card.json").read_text())["gate"]["passed"]
+    assert current_version(out / "compressed") is None and current_version(out / "teacher") is None
+
+
+def test_bad_model_dir_is_a_clear_error(tmp_path, trained, capsys):
+    _, data = trained
+    assert compress_main(["--model", str(tmp_path / "nope"), *data, "--out", str(tmp_path / "o"), *FAST]) == 2
+    assert "no config.json" in capsys.readouterr().err

@@ -5,8 +5,15 @@ BIN := $(VENV)/bin
 DATASET ?= ml-100k
 DATA_DIR ?= data
 ARTIFACTS ?= artifacts
+MODEL_DIR ?= $(ARTIFACTS)/$(DATASET)/model
+BUNDLES ?= $(ARTIFACTS)/$(DATASET)/bundles
+HOST ?= 127.0.0.1
+PORT ?= 8000
+WORKERS ?= 1
+TRAIN_ARGS ?=
+COMPRESS_ARGS ?=
 
-.PHONY: setup test lint evaluate train bench clean
+.PHONY: setup test lint evaluate train bundles serve bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,11 +34,25 @@ test: setup lint
 evaluate: setup
 	$(BIN)/python -m recsys.evaluate --dataset $(DATASET) --model ease --data-dir $(DATA_DIR)
 
-train: setup
-	$(BIN)/python -m recsys.train --dataset $(DATASET) --out $(ARTIFACTS)/$(DATASET)/model --data-dir $(DATA_DIR)
+# Teacher towers + ranker; config.json marks a finished run, so an interrupted one is redone.
+$(MODEL_DIR)/config.json: | setup
+	$(BIN)/python -m recsys.train --dataset $(DATASET) --data-dir $(DATA_DIR) --out $(MODEL_DIR) $(TRAIN_ARGS)
+
+train: $(MODEL_DIR)/config.json
+
+# Teacher and compressed bundles (+ report card); `current` appears only when the gate passes.
+$(BUNDLES)/compressed/current: $(MODEL_DIR)/config.json
+	$(BIN)/python -m compression --model $(MODEL_DIR) --dataset $(DATASET) --data-dir $(DATA_DIR) \
+		--out $(BUNDLES) $(COMPRESS_ARGS)
+
+bundles: $(BUNDLES)/compressed/current
+
+serve: bundles
+	$(BIN)/python -m serving --bundle $(BUNDLES)/compressed --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 bench: setup
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m benchmarks.bench_index --n 1000000 --dim 64 --out reports/bench/index
+	$(BIN)/python -m benchmarks.bench_pipeline
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

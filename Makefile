@@ -56,3 +56,26 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# ---- load test and retrain loop ------------------------------------------------------------------
+.PHONY: loadtest retrain
+LOADTEST_OUT ?= reports/loadtest
+LOADTEST_ARGS ?=
+DATA ?=
+ITEMS ?=
+USERS ?=
+EVENTS_DB ?= $(DATA_DIR)/events.sqlite
+SERVER_URL ?= http://$(HOST):$(PORT)
+RETRAIN_ARGS ?=
+
+# Teacher vs compressed vs a no-model ceiling: server on core 0, Locust on core 1 (~5 min).
+loadtest: bundles
+	$(BIN)/python -m loadtest.compare --teacher $(BUNDLES)/teacher --compressed $(BUNDLES)/compressed \
+		--dataset $(DATASET) --out $(LOADTEST_OUT) $(LOADTEST_ARGS)
+
+# Base log (DATASET, or DATA=log.csv ITEMS=catalog.csv) + the server's feedback events -> train -> compress
+# (gate) -> publish into $(BUNDLES) -> hot reload at SERVER_URL (RECSYS_ADMIN_TOKEN). E.g. RETRAIN_ARGS=--fast.
+retrain: setup
+	$(BIN)/python -m ops.retrain --dataset $(or $(DATA),$(DATASET)) $(if $(ITEMS),--items $(ITEMS)) \
+		$(if $(USERS),--users $(USERS)) --data-dir $(DATA_DIR) --events-db $(EVENTS_DB) --bundles $(BUNDLES) \
+		--server $(SERVER_URL) --train-args='$(TRAIN_ARGS)' --compress-args='$(COMPRESS_ARGS)' $(RETRAIN_ARGS)

@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 
 from recsys.index import (
+    MIN_POINTS_PER_CENTROID,
     build_index,
     exact_topk,
     index_bytes,
@@ -52,8 +53,9 @@ _CHUNK_ROWS = 100_000
 
 
 def default_nlist(n: int) -> int:
-    """Power of two nearest 4 * sqrt(n), the low end of FAISS's guideline for IVF list counts."""
-    return 2 ** round(math.log2(4 * math.sqrt(n)))
+    """Power of two nearest 4 * sqrt(n) (low end of FAISS's IVF guideline), within what n can train."""
+    trainable = 2 ** int(math.log2(max(1, n // MIN_POINTS_PER_CENTROID)))
+    return min(2 ** round(math.log2(4 * math.sqrt(n))), trainable)
 
 
 def make_mixture(n_clusters: int, dim: int, spread: float, seed: int) -> dict[str, np.ndarray]:

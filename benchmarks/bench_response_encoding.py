@@ -55,12 +55,14 @@ def build_apps(rec: Recommendation) -> dict[str, FastAPI]:
 
     @model.get("/recommend", response_model=RecommendResponse)
     async def recommend_model(user: str) -> RecommendResponse:
-        items = [ItemScore(item_id=str(i), score=s, title=t) for i, s, t in zip(rec.items, rec.scores, rec.titles)]
+        rows = zip(rec.items, rec.scores, rec.titles, strict=True)
+        items = [ItemScore(item_id=str(i), score=s, title=t) for i, s, t in rows]
         return RecommendResponse(user=user, items=items, model_version=VERSION, fallback=rec.fallback)
 
     @plain.get("/recommend", response_model=RecommendResponse)
     async def recommend_dict(user: str) -> dict:
-        items = [{"item_id": str(i), "score": s, "title": t} for i, s, t in zip(rec.items, rec.scores, rec.titles)]
+        rows = zip(rec.items, rec.scores, rec.titles, strict=True)
+        items = [{"item_id": str(i), "score": s, "title": t} for i, s, t in rows]
         return {"user": user, "items": items, "model_version": VERSION, "fallback": rec.fallback}
 
     return {"preserialised": preserialised, "stdlib_json": stdlib, "model": model, "dict": plain}

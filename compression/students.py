@@ -74,8 +74,8 @@ def train_student(name: str, trained: TrainedModel, split: Split, tables: Featur
                "distill": None if distill is None else distill.to_dict()}
     ranker = None
     if trained.ranker is not None and tables is not None:
-        ranked = train_ranker(split, result.model, tables, ranker_train_config(trained, cfg), width=cfg.ranker_width,
-                              depth=cfg.ranker_depth, n_cross=cfg.ranker_cross)
+        shape = {"width": cfg.ranker_width, "depth": cfg.ranker_depth, "n_cross": cfg.ranker_cross}
+        ranked = train_ranker(split, result.model, tables, ranker_train_config(trained, cfg), shape)
         ranker, tables = ranked.model, ranked.tables
         summary.update({"ranker": ranked.model.cfg.to_dict(), "ranker_valid_NDCG@10": ranked.best_ndcg,
                         "ranker_loss": ranked.loss, "ranker_seconds": round(ranked.seconds, 1)})

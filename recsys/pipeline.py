@@ -157,8 +157,7 @@ class Pipeline:
                        exclude: sp.csr_matrix | None = None, n_candidates: int = N_CANDIDATES,
                        context: dict | None = None, timings: dict | None = None):
         """`recommend` for one batch whose history ``rows`` are already aligned with ``users``."""
-        clock = _Clock(timings)
-        started = clock.last
+        started = time.perf_counter()
         banned = rows.seen if exclude_seen else sp.csr_matrix(rows.seen.shape, dtype=np.float32)
         if exclude is not None:
             banned = (banned + exclude).tocsr()
@@ -171,19 +170,26 @@ class Pipeline:
             part = rows if len(personal) == len(users) else History(rows.seen[personal], rows.recent[personal])
             ids[personal], scores[personal] = self._personal(
                 users[personal], part, k, banned[personal], n_candidates,
-                slice_context(context, personal), clock)
+                slice_context(context, personal), _Clock(timings))
         if fallback.any():
             ids[fallback], scores[fallback] = self._popular(k, banned[np.flatnonzero(fallback)])
         if timings is not None:
             timings["total"] = timings.get("total", 0.0) + time.perf_counter() - started
         return ids, scores, fallback
 
-    def _personal(self, users, rows: History, k, banned, n_candidates, context, clock: _Clock):
-        users1, history1 = history_inputs(users, rows.recent, self.history_len, self.n_users)
+    def retrieve(self, users: np.ndarray, recent: np.ndarray, banned: sp.csr_matrix, n_candidates: int,
+                 clock: _Clock | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """User vectors [B, D] and the top ``n_candidates`` items not in ``banned`` with their scores."""
+        clock = clock or _Clock(None)
+        users1, history1 = history_inputs(users, recent, self.history_len, self.n_users)
         user_vec = np.ascontiguousarray(self.encode_users(users1, history1), dtype=np.float32)
         clock.lap("user_tower")
-        cands, cand_scores = search_excluding(self.index, user_vec, max(n_candidates, k), banned)
+        cands, cand_scores = search_excluding(self.index, user_vec, n_candidates, banned)
         clock.lap("ann")
+        return user_vec, cands, cand_scores
+
+    def _personal(self, users, rows: History, k, banned, n_candidates, context, clock: _Clock):
+        user_vec, cands, cand_scores = self.retrieve(users, rows.recent, banned, max(n_candidates, k), clock)
         if not self.has_ranker:
             return cands[:, :k], cand_scores[:, :k]
         cand_vecs = self.item_vectors[np.maximum(cands, 0)]

@@ -36,20 +36,14 @@ class TorchUserEncoder:
 
 
 class TorchRankerScorer:
-    """(user_vec, item_vec, dense) numpy -> ranker scores numpy; eval mode, no grad."""
+    """(user_vec, item_vec, dense) numpy -> ranker scores numpy, without grad (callers keep it in eval mode)."""
 
     def __init__(self, ranker: torch.nn.Module):
-        self.ranker = ranker
+        self.ranker = ranker.eval()
 
     @torch.no_grad()
     def __call__(self, user_vec: np.ndarray, item_vec: np.ndarray, dense: np.ndarray) -> np.ndarray:
-        was_training = self.ranker.training
-        self.ranker.eval()
-        try:
-            out = self.ranker(torch.from_numpy(user_vec), torch.from_numpy(item_vec), torch.from_numpy(dense))
-        finally:
-            self.ranker.train(was_training)
-        return out.numpy()
+        return self.ranker(torch.from_numpy(user_vec), torch.from_numpy(item_vec), torch.from_numpy(dense)).numpy()
 
 
 def popularity_from(tables: FeatureTables | None, n_items: int) -> np.ndarray:

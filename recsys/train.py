@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 
 from recsys.data.datasets import DEFAULT_DATA_DIR, Dataset, load_dataset
@@ -23,7 +24,7 @@ from recsys.models.ranker import RankerConfig
 from recsys.models.two_tower import TwoTowerConfig
 from recsys.ranking_features import build_feature_tables
 from recsys.split import Split, temporal_split
-from recsys.train_ranker import RankerTrainConfig, train_ranker
+from recsys.train_ranker import EXAMPLE_SOURCES, RankerTrainConfig, holdout_retriever, train_ranker
 from recsys.train_towers import TowerTrainConfig, train_two_tower
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,14 @@ def train_ranker_into(out: Path, split: Split, cfg: RankerTrainConfig, ranker_sh
     """Train the ranker on the towers saved in ``out`` and add it to the same model directory."""
     trained = load_trained(out)
     tables = build_feature_tables(split, trained.item_tokens)
-    result = train_ranker(split, trained.towers, tables, cfg, **ranker_shape)
+    source = None
+    if cfg.examples == "holdout":
+        tower_result = trained.config["tower_result"]
+        source = partial(holdout_retriever, split, trained.config["towers"], trained.config["tower_training"],
+                         tower_result["best_epoch"], trained.item_tokens, trained.user_tokens, cfg=cfg)
+    elif cfg.examples != "retriever":
+        raise ValueError(f"--ranker-examples must be one of {EXAMPLE_SOURCES}, got {cfg.examples!r}")
+    result = train_ranker(split, trained.towers, tables, cfg, ranker_shape, source)
     result.tables.save(out / RANKING_FEATURES)
     summary = {"loss": result.loss, "best_epoch": result.best_epoch, "valid_NDCG@10": result.best_ndcg,
                "retrieval_valid_NDCG@10": result.retrieval_ndcg, "examples": result.n_examples,
@@ -122,7 +130,7 @@ def run(args: argparse.Namespace) -> dict:
     ranker_cfg = _pick(args, RankerTrainConfig, prefix="ranker-", seed=args.ranker_seed if args.ranker_seed
                        is not None else train_cfg.seed)
     shape = vars(_pick(args, RankerConfig, prefix="ranker-", skip=RANKER_FIXED, dim=0, n_dense=0))
-    shape = {name: shape[name] for name in ("width", "depth", "n_cross", "dropout")}
+    shape = {name: value for name, value in shape.items() if name not in RANKER_FIXED}
     return {**config, "ranker_result": train_ranker_into(out, split, ranker_cfg, shape)}
 
 

@@ -1,12 +1,21 @@
-"""Ranker training on the trained retriever's candidates, selected by the full pipeline's NDCG@10.
+"""Ranker training on retriever candidates, selected by the full pipeline's validation NDCG@10.
 
 Examples: each user's last few train interactions, each seen as a request made just before it
-(history = the items before it, context = its time and order context). The retriever proposes
+(history = the items before it, context = its time and order context). A retriever proposes
 its top ``n_candidates`` for that request; the list to rank is the positive, hard negatives
 sampled from those candidates, and random catalogue negatives. Items the user interacts with
 later in train are never used as negatives. Losses: listwise softmax over the list, or
 pointwise BCE; ``loss="auto"`` trains both and keeps the one with the better validation
 NDCG@10 of the whole retrieve -> rank pipeline.
+
+Which retriever proposes the training lists matters. The trained towers (and the
+co-occurrence / popularity tables) have already fit these very interactions, so on them the
+positive looks easier than any live request's target does: a ranker trained there learns to
+over-trust the retrieval score. ``examples="holdout"`` (the default) therefore trains a second
+copy of the towers, with the same config and best epoch count, on train minus each user's last
+``positives_per_user`` interactions, builds the tables from that prefix too, and generates the
+examples there; inference still uses the full towers and tables. ``examples="retriever"`` uses
+the trained towers directly (cheaper, worse).
 """
 
 from __future__ import annotations
@@ -23,20 +32,28 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from recsys.candidates import history_inputs, search_excluding
 from recsys.evaluate import evaluate_model
+from recsys.features import TokenTable
 from recsys.models.ranker import Ranker, RankerConfig
-from recsys.models.two_tower import TwoTower
+from recsys.models.two_tower import TwoTower, TwoTowerConfig
 from recsys.pipeline import Pipeline, PipelineRecommender
 from recsys.pipeline_torch import TorchRankerScorer, towers_pipeline
-from recsys.ranking_features import LAST_TIMESTAMP, TIMESTAMP, FeatureTables, build_features, slice_context
+from recsys.ranking_features import (
+    LAST_TIMESTAMP,
+    TIMESTAMP,
+    FeatureTables,
+    build_feature_tables,
+    build_features,
+    slice_context,
+)
 from recsys.recommender import History
 from recsys.split import MAX_RECENT, Split
-from recsys.train_towers import sample_users
+from recsys.train_towers import TowerTrainConfig, sample_users, train_two_tower
 
 log = logging.getLogger(__name__)
 
 LOSSES = ("softmax", "bce")
+EXAMPLE_SOURCES = ("holdout", "retriever")
 EXAMPLE_BATCH = 512
 
 
@@ -54,7 +71,9 @@ class RankerTrainConfig:
     n_candidates: int = 200  # retrieval depth, in training as at inference
     hard_negatives: int = 50
     random_negatives: int = 10
-    example_user_ids: bool = False  # False: example requests use history only (user id 0), see _examples
+    only_retrieved: bool = False  # keep only lists whose positive the retriever proposed (as at inference)
+    examples: str = "holdout"  # holdout | retriever: which towers propose the training lists (module doc)
+    example_user_ids: bool = True  # False: example requests use history only (user id 0)
     eval_users: int = 3000
     disabled_features: str = ""  # comma-separated feature names forced to 0 (ablations)
 
@@ -67,7 +86,7 @@ class RankingExamples:
     user_vec: np.ndarray  # [N, D]
     cands: np.ndarray  # [N, C] column 0 = the positive, -1 = empty slot
     dense: np.ndarray  # [N, C, F]
-    retrieved: np.ndarray  # [N] the positive was among the retriever's candidates
+    retrieved_share: float  # of all requests, the share whose positive the retriever proposed
 
     def __len__(self) -> int:
         return len(self.cands)
@@ -119,15 +138,31 @@ def _row_keys(rows: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
     return rows.astype(np.int64) * n_items + items
 
 
-def _examples(split: Split, pipeline: Pipeline, cfg: RankerTrainConfig, rng: np.random.Generator) -> RankingExamples:
-    """Candidate lists with features, built with the pipeline's own retrieval and feature code.
+def holdout_split(split: Split, n_last: int) -> Split:
+    """The split with each user's last ``n_last`` train interactions removed from train."""
+    from_end = split.train.groupby("u", sort=False).cumcount(ascending=False).to_numpy()
+    return Split(split.users, split.items, split.train[from_end >= n_last].reset_index(drop=True), split.valid,
+                 split.test, split.context_columns)
 
-    The towers were trained on these very interactions; with ``example_user_ids`` False the
-    user tower sees only the history (as for a fold-in user), so the positive's retrieval score
-    is less inflated by the user-id embedding having memorised it.
-    """
+
+def holdout_retriever(split: Split, tower_config: dict, tower_training: dict, best_epoch: int,
+                      item_tokens: TokenTable, user_tokens: TokenTable, tables: FeatureTables,
+                      cfg: RankerTrainConfig) -> tuple[TwoTower, FeatureTables]:
+    """Towers and tables fitted without the interactions the ranker examples are built from."""
+    prefix = holdout_split(split, cfg.positives_per_user)
+    log.info("holdout towers: %d of %d train rows, %d epochs", len(prefix.train), len(split.train), best_epoch)
+    train_cfg = TowerTrainConfig(**{**tower_training, "epochs": best_epoch, "patience": best_epoch + 1})
+    result = train_two_tower(prefix, TwoTowerConfig(**tower_config), train_cfg, item_tokens, user_tokens)
+    prefix_tables = build_feature_tables(prefix, item_tokens, time_features=tables.has_time)
+    return result.model, prefix_tables.without(tables.disabled)
+
+
+def _examples(split: Split, pipeline: Pipeline, cfg: RankerTrainConfig, rng: np.random.Generator) -> RankingExamples:
+    """Candidate lists with features, built with the pipeline's own retrieval and feature code."""
     users, targets, history, context = prefix_requests(split, cfg, rng)
     n, n_items = len(users), pipeline.n_items
+    if n == 0:
+        raise ValueError("no ranker examples: every user has a single train interaction")
     user_items = np.sort(_row_keys(split.train["u"].to_numpy(), split.train["i"].to_numpy(), n_items))
     n_list = 1 + cfg.hard_negatives + cfg.random_negatives
     out_vec = np.zeros((n, pipeline.item_vectors.shape[1]), np.float32)
@@ -138,9 +173,7 @@ def _examples(split: Split, pipeline: Pipeline, cfg: RankerTrainConfig, rng: np.
         stop = min(start + EXAMPLE_BATCH, n)
         rows = History(history.seen[start:stop], history.recent[start:stop])
         batch_users = users[start:stop] if cfg.example_user_ids else np.full(stop - start, -1)
-        users1, history1 = history_inputs(batch_users, rows.recent, pipeline.history_len, pipeline.n_users)
-        user_vec = np.ascontiguousarray(pipeline.encode_users(users1, history1), dtype=np.float32)
-        cands, cand_scores = search_excluding(pipeline.index, user_vec, cfg.n_candidates, rows.seen)
+        user_vec, cands, cand_scores = pipeline.retrieve(batch_users, rows.recent, rows.seen, cfg.n_candidates)
         target = targets[start:stop]
         # Hard negatives: a uniform sample of the retrieved items that are not the user's.
         theirs = np.isin(_row_keys(users[start:stop, None], cands, n_items), user_items)
@@ -148,9 +181,9 @@ def _examples(split: Split, pipeline: Pipeline, cfg: RankerTrainConfig, rng: np.
         priority = np.where(usable, rng.random(cands.shape), np.inf)
         picks = np.argsort(priority, axis=1, kind="stable")[:, :cfg.hard_negatives]
         hard = np.where(np.take_along_axis(usable, picks, 1), np.take_along_axis(cands, picks, 1), -1)
-        random = rng.integers(0, n_items, (stop - start, cfg.random_negatives))
-        random = np.where(np.isin(_row_keys(users[start:stop, None], random, n_items), user_items), -1, random)
-        listed = np.concatenate([target[:, None], hard, random], axis=1)
+        uniform = rng.integers(0, n_items, (stop - start, cfg.random_negatives))
+        uniform = np.where(np.isin(_row_keys(users[start:stop, None], uniform, n_items), user_items), -1, uniform)
+        listed = np.concatenate([target[:, None], hard, uniform], axis=1)
         # Each listed item's retrieval rank (n_candidates when not retrieved) and exact score.
         match = listed[:, :, None] == cands[:, None, :]
         ranks = np.where(match.any(-1), match.argmax(-1), cfg.n_candidates)
@@ -162,7 +195,10 @@ def _examples(split: Split, pipeline: Pipeline, cfg: RankerTrainConfig, rng: np.
             out_dense = np.zeros((n, n_list, dense.shape[-1]), np.float32)
         out_vec[start:stop], out_cands[start:stop], out_dense[start:stop] = user_vec, listed, dense
         retrieved[start:stop] = ranks[:, 0] < cfg.n_candidates
-    return RankingExamples(out_vec, out_cands, out_dense, retrieved)
+    share = float(retrieved.mean())
+    if cfg.only_retrieved:
+        return RankingExamples(out_vec[retrieved], out_cands[retrieved], out_dense[retrieved], share)
+    return RankingExamples(out_vec, out_cands, out_dense, share)
 
 
 def list_loss(logits: torch.Tensor, valid: torch.Tensor, kind: str) -> torch.Tensor:
@@ -228,8 +264,15 @@ def pipeline_ndcg(pipeline: Pipeline, split: Split, n_candidates: int) -> float:
 
 
 def train_ranker(split: Split, towers: TwoTower, tables: FeatureTables, cfg: RankerTrainConfig,
-                 width: int = 256, depth: int = 2, n_cross: int = 2, dropout: float = 0.1) -> RankerTrainResult:
-    """Train the ranker on ``towers``' candidates; ``loss="auto"`` tries both losses."""
+                 shape: dict | None = None,
+                 example_source: Callable[[FeatureTables], tuple[TwoTower, FeatureTables]] | None = None,
+                 ) -> RankerTrainResult:
+    """Train the ranker for the pipeline of ``towers`` + ``tables``; ``loss="auto"`` tries both losses.
+
+    ``example_source(tables)`` returns the towers and tables that propose the training lists
+    (e.g. `holdout_retriever`); by default the inference ones. ``shape``: RankerConfig width,
+    depth, n_cross, dropout, vec_proj.
+    """
     if cfg.loss not in (*LOSSES, "auto"):
         raise ValueError(f"ranker loss must be one of {LOSSES} or 'auto', got {cfg.loss!r}")
     started = time.perf_counter()
@@ -237,15 +280,17 @@ def train_ranker(split: Split, towers: TwoTower, tables: FeatureTables, cfg: Ran
         tables = tables.without(tuple(name.strip() for name in cfg.disabled_features.split(",") if name.strip()))
     rng = np.random.default_rng(cfg.seed)
     pipeline = towers_pipeline(towers, tables)
-    examples = _examples(split, pipeline, cfg, rng)
+    source = pipeline if example_source is None else towers_pipeline(*example_source(tables))
+    examples = _examples(split, source, cfg, rng)
     log.info("ranker examples: %d lists of %d, positive retrieved in %.1f%%", len(examples),
-             examples.cands.shape[1], 100 * examples.retrieved.mean())
+             examples.cands.shape[1], 100 * examples.retrieved_share)
+    if len(examples) == 0:
+        raise ValueError("no ranker examples: the retriever proposed no example's positive (only_retrieved)")
     valid_split = split if split.n_users <= cfg.eval_users else sample_users(split, cfg.eval_users, cfg.seed)
     retrieval_ndcg = pipeline_ndcg(pipeline, valid_split, cfg.n_candidates)
     log.info("retrieval alone: valid NDCG@10 %.4f", retrieval_ndcg)
     names = tables.feature_names()
-    ranker_cfg = RankerConfig(dim=towers.cfg.dim, n_dense=len(names), width=width, depth=depth, n_cross=n_cross,
-                              dropout=dropout, feature_names=names)
+    ranker_cfg = RankerConfig(dim=towers.cfg.dim, n_dense=len(names), feature_names=names, **(shape or {}))
 
     def validate(model: Ranker) -> float:
         pipeline.score_candidates = TorchRankerScorer(model)
@@ -253,7 +298,7 @@ def train_ranker(split: Split, towers: TwoTower, tables: FeatureTables, cfg: Ran
 
     runs, models = {}, {}
     for loss in LOSSES if cfg.loss == "auto" else (cfg.loss,):
-        models[loss], runs[loss] = fit_ranker(examples, pipeline.item_vectors, ranker_cfg, cfg, loss, validate)
+        models[loss], runs[loss] = fit_ranker(examples, source.item_vectors, ranker_cfg, cfg, loss, validate)
     winner = max(runs, key=lambda name: runs[name]["valid_NDCG@10"])
     log.info("ranker: %s loss wins (valid NDCG@10 %s; retrieval alone %.4f)", winner,
              {name: round(run["valid_NDCG@10"], 4) for name, run in runs.items()}, retrieval_ndcg)
@@ -261,5 +306,5 @@ def train_ranker(split: Split, towers: TwoTower, tables: FeatureTables, cfg: Ran
         log.warning("the ranker does not beat retrieval alone on validation (%.4f <= %.4f)",
                     runs[winner]["valid_NDCG@10"], retrieval_ndcg)
     return RankerTrainResult(models[winner], tables, winner, runs[winner]["best_epoch"], runs[winner]["valid_NDCG@10"],
-                             retrieval_ndcg, runs, len(examples), float(examples.retrieved.mean()),
+                             retrieval_ndcg, runs, len(examples), examples.retrieved_share,
                              time.perf_counter() - started)

@@ -150,6 +150,31 @@ def _epoch(model, examples, optimizer, cfg, rng, epoch, extra_loss: ExtraLoss | 
     return total / max(n_batches, 1)
 
 
+class JointOptimizer:
+    """SparseAdam for the sparse id tables, AdamW for everything else, stepped together."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+
+def make_optimizer(model: TwoTower, cfg: TowerTrainConfig) -> JointOptimizer:
+    sparse = model.sparse_parameters()
+    sparse_ids = {id(p) for p in sparse}
+    dense = [p for p in model.parameters() if id(p) not in sparse_ids and p.requires_grad]
+    optimizers = [torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)]
+    if sparse:
+        optimizers.append(torch.optim.SparseAdam(sparse, lr=cfg.lr))
+    return JointOptimizer(*optimizers)
+
+
 def train_two_tower(split: Split, model_cfg: TwoTowerConfig, cfg: TowerTrainConfig, item_table: TokenTable,
                     user_table: TokenTable, extra_loss: ExtraLoss | None = None,
                     label: str = "two-tower") -> TowerTrainResult:
@@ -159,7 +184,7 @@ def train_two_tower(split: Split, model_cfg: TwoTowerConfig, cfg: TowerTrainConf
     started = time.perf_counter()
     model = build_model(split, model_cfg, item_table, user_table)
     examples = NextItemExamples(split, model_cfg.history_len)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     best_state, best_ndcg, best_epoch, curve, stale = None, -1.0, 0, [], 0
     bar = tqdm(range(1, cfg.epochs + 1), desc=label, unit="epoch")
     for epoch in bar:

@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from recsys.data.events import EventStore
 from recsys.index import set_faiss_threads
-from serving.errors import install_error_handlers
+from serving.errors import BodySizeLimit, install_error_handlers
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.routes import Services, build_router
 from serving.settings import Settings
@@ -32,8 +32,14 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # One thread per worker: throughput comes from worker processes, not threads per query.
+        # OpenMP keeps this per OS thread, so it is set here, on the event-loop thread that runs
+        # the async endpoints' searches (load_serving_model's call only covers the loading thread).
         set_faiss_threads(settings.threads)
-        live = await run_in_threadpool(services.state.load_initial)
+        try:
+            live = await run_in_threadpool(services.state.load_initial)
+        except Exception as exc:
+            log.error("cannot start: bundle %s could not be served: %s", settings.bundle, exc)
+            raise
         services.events = EventStore(settings.events_db)
         watcher = CurrentWatcher(services.state, settings.watch_interval_s) if settings.watch_current else None
         if watcher:
@@ -48,12 +54,13 @@ def create_app(settings: Settings) -> FastAPI:
             store.close()
 
     app = FastAPI(title="recsys-compressed", summary="Recommendations from a compressed model bundle",
-                  lifespan=lifespan, max_body_size=settings.max_body_bytes)
+                  lifespan=lifespan)
     app.state.services = services
     install_error_handlers(app)
     router = build_router(services)
     app.include_router(router)
     endpoints = [route.path for route in router.routes] + [app.openapi_url, app.docs_url, app.redoc_url]
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=[path for path in endpoints if path])
     return app
 

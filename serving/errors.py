@@ -13,7 +13,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsys.data.events import InvalidEvent
 from recsys.runtime import UnknownItemError
@@ -102,6 +104,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400:  # FastAPI's answer to a body it cannot decode (e.g. not UTF-8)
+        return error_response(422, "invalid_request", "body: could not be decoded; send UTF-8 encoded JSON")
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
@@ -137,3 +141,38 @@ def describe_validation_errors(errors: Sequence[dict[str, Any]]) -> str:
 def _printable(text: str) -> str:
     # A JSON key the client sent can hold a lone surrogate; UTF-8 cannot encode one.
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class BodySizeLimit:
+    """413 JSON for request bodies over ``max_bytes``, declared (Content-Length) or streamed (chunked).
+
+    FastAPI's own ``max_body_size`` answers 413 in plain text, replacing any JSON error body.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> StarletteHTTPException:
+        return StarletteHTTPException(413, f"request body is larger than {self.max_bytes} bytes: send smaller batches")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            exc = self._too_large()
+            await error_response(413, _HTTP_CODES[413], exc.detail)(scope, receive, send)
+            return
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise self._too_large()  # FastAPI re-raises HTTPExceptions met while reading the body
+            return message
+
+        await self.app(scope, receive_within_limit, send)

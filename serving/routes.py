@@ -1,13 +1,14 @@
 """The HTTP endpoints. Limits come from ``Settings``, so each app's OpenAPI schema states its own.
 
-The hot endpoints (/recommend, /similar) are ``async``: the model call is a few hundred
-microseconds of CPU, cheaper to run on the event loop than to hand to a thread. /events and
-/admin/reload block (fsync, loading a bundle), so they are plain ``def`` and run in the thread pool.
-Responses are declared as models (for the OpenAPI schema) but written as pre-serialised JSON;
-benchmarks/bench_response_encoding.py measures why.
+The hot endpoints (/recommend, /similar) are ``async``: the model call is about a millisecond of
+CPU that mostly holds the GIL, so a thread-pool hop would add latency without adding throughput
+(that comes from worker processes). /events and /admin/reload block (fsync, loading a bundle), so
+they are plain ``def`` and run in the thread pool. Responses are declared as models (for the
+OpenAPI schema) but written as pre-serialised JSON; benchmarks/bench_response_encoding.py measures why.
 """
 
-
+# No `from __future__ import annotations` here: FastAPI must evaluate the Annotated aliases that
+# build_router defines per app (limits from Settings), and string annotations cannot see them.
 import hmac
 from dataclasses import dataclass
 from typing import Annotated, Any

@@ -1,6 +1,5 @@
 """The HTTP API's bodies: their own classes, never internal objects. Item ids are strings on the wire."""
 
-
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, create_model

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+
+_INT_ID = re.compile(r"^-?[0-9]{1,18}$")
+_NO_ID = np.iinfo(np.int64).min
+
+
+def _strict_int(value) -> int | None:
+    """An int id from an int or a plain decimal string; None for anything else."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    text = str(value)
+    return int(text) if _INT_ID.match(text) else None
 
 
 class IdMap:
@@ -15,6 +28,7 @@ class IdMap:
     def __init__(self, ids: np.ndarray):
         self.ids = np.asarray(ids)
         self._index = pd.Index(self.ids)
+        self._lookup: dict | None = None
         if not self._index.is_unique:
             raise ValueError("IdMap ids must be unique")
 
@@ -31,7 +45,7 @@ class IdMap:
 
     def to_index(self, values, missing: int | None = None) -> np.ndarray:
         """External ids -> indices; unknown ids raise KeyError unless ``missing`` is given."""
-        idx = self._index.get_indexer(np.asarray(self.coerce(values)))
+        idx = self._index.get_indexer(self.coerce(values))
         if missing is None:
             if (idx < 0).any():
                 bad = np.asarray(values)[idx < 0][:3]
@@ -39,15 +53,23 @@ class IdMap:
             return idx
         return np.where(idx < 0, missing, idx)
 
-    def coerce(self, values):
-        """Convert request-side ids (often strings) to this map's id type where possible."""
+    def index_of(self, value) -> int:
+        """One id -> index, or -1: the per-request path (a dict lookup, no arrays)."""
+        if self._lookup is None:
+            self._lookup = {key: i for i, key in enumerate(self.ids.tolist())}
+        key = _strict_int(value) if self.is_integer else str(value)
+        return -1 if key is None else self._lookup.get(key, -1)
+
+    def coerce(self, values) -> np.ndarray:
+        """Request-side ids (often strings) in this map's type; anything that is not exactly an id
+        of that type (e.g. "1.5" or "1e3" for integer ids) becomes a value no map contains."""
         arr = np.asarray(values)
-        if self.is_integer and arr.dtype.kind not in "iu":
-            return pd.to_numeric(pd.Series(arr, dtype=object), errors="coerce").fillna(-(2**62)).astype(
-                np.int64).to_numpy()
-        if not self.is_integer and arr.dtype.kind != "U" and arr.dtype != object:
-            return arr.astype(str)
-        return arr
+        if self.is_integer:
+            if arr.dtype.kind in "iu":
+                return arr.astype(np.int64)
+            parsed = [_strict_int(v) for v in arr.tolist()]
+            return np.array([_NO_ID if v is None else v for v in parsed], dtype=np.int64)
+        return arr.astype(str) if arr.dtype.kind != "U" and arr.dtype != object else arr
 
     def to_external(self, indices) -> np.ndarray:
         return self.ids[np.asarray(indices)]

@@ -18,10 +18,11 @@ from torch import nn
 class RankerConfig:
     dim: int  # tower vector size
     n_dense: int  # dense features per candidate
-    width: int = 256
+    width: int = 128
     depth: int = 2
     n_cross: int = 2
     dropout: float = 0.1
+    vec_proj: int = 16  # user and item vectors enter projected to this size (their product enters whole)
     feature_names: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -47,7 +48,9 @@ class Ranker(nn.Module):
         self.cfg = cfg
         self.register_buffer("dense_mean", torch.zeros(cfg.n_dense))
         self.register_buffer("dense_scale", torch.ones(cfg.n_dense))
-        width_in = 3 * cfg.dim + cfg.n_dense
+        self.user_proj = nn.Linear(cfg.dim, cfg.vec_proj)
+        self.item_proj = nn.Linear(cfg.dim, cfg.vec_proj)
+        width_in = cfg.dim + 2 * cfg.vec_proj + cfg.n_dense
         self.cross = nn.ModuleList(CrossLayer(width_in) for _ in range(cfg.n_cross))
         layers: list[nn.Module] = []
         width = width_in
@@ -65,9 +68,10 @@ class Ranker(nn.Module):
         self.dense_scale.copy_(1.0 / rows.std(0).clamp_min(1e-3))
 
     def forward(self, user_vec: torch.Tensor, item_vec: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        user = user_vec.unsqueeze(1).expand_as(item_vec)
+        user = user_vec.unsqueeze(1)
         scaled = (dense - self.dense_mean) * self.dense_scale
-        x0 = torch.cat([user, item_vec, user * item_vec, scaled], dim=-1)
+        projected_user = self.user_proj(user_vec).unsqueeze(1).expand(-1, item_vec.shape[1], -1)
+        x0 = torch.cat([user * item_vec, projected_user, self.item_proj(item_vec), scaled], dim=-1)
         x = x0
         for layer in self.cross:
             x = layer(x0, x)

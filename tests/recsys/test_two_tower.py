@@ -52,8 +52,9 @@ def test_fold_in_user_gets_personal_recommendations(checkerboard, checkerboard_s
     history = checkerboard_split.user_history("test")
     recent = np.full((1, history.recent.shape[1]), -1, dtype=np.int32)
     recent[0, -len(group_b):] = group_b
-    from recsys.recommender import History
     import scipy.sparse as sp
+
+    from recsys.recommender import History
 
     seen = sp.csr_matrix((np.ones(len(group_b)), (np.zeros(len(group_b)), group_b)),
                          shape=(1, checkerboard_split.n_items))

@@ -1,0 +1,72 @@
+"""Exact stats at the end of a Locust run.
+
+Locust's CSV rounds response times to whole milliseconds, too coarse for a service answering in
+one or two: ``LatencyRecorder`` keeps every sample (8 bytes each) and writes float percentiles.
+Locust also rewrites ``PREFIX_stats.csv`` only once a second and not at exit, so the file can
+miss the run's last second (locustio/locust#2299): ``write_final_csv`` rewrites it at quit.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from array import array
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # importing locust monkey-patches the process (gevent): only the locustfile may
+    from locust.env import Environment
+
+AGGREGATED = "Aggregated"
+PERCENTILES = {"p50_ms": 50, "p95_ms": 95, "p99_ms": 99}
+
+
+class LatencyRecorder:
+    def __init__(self) -> None:
+        self._samples: dict[str, array] = {}
+
+    def record(self, name: str, response_time_ms: float) -> None:
+        for key in (name, AGGREGATED):
+            samples = self._samples.get(key)
+            if samples is None:
+                samples = self._samples[key] = array("d")
+            samples.append(response_time_ms)
+
+    def reset(self) -> None:
+        self._samples.clear()
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, samples in self._samples.items():
+            values = np.frombuffer(samples, dtype=np.float64)
+            row = {key: float(np.percentile(values, q)) for key, q in PERCENTILES.items()}
+            out[name] = {"count": int(len(values)), **row, "max_ms": float(values.max()),
+                         "mean_ms": float(values.mean())}
+        return out
+
+    def write(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(self.summary(), indent=2, sort_keys=True))
+
+
+def read_latencies(path: str | Path) -> dict[str, dict[str, float]]:
+    return json.loads(Path(path).read_text())
+
+
+def write_final_csv(environment: Environment) -> None:
+    """Replace ``--csv``'s stats and failures files with the final numbers (call in the quitting event)."""
+    from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
+
+    prefix = getattr(environment.parsed_options, "csv_prefix", None)
+    if not prefix:
+        return
+    writer = StatsCSV(environment, PERCENTILES_TO_REPORT)
+    for suffix, write in (("_stats.csv", writer.requests_csv), ("_failures.csv", writer.failures_csv)):
+        final, partial = f"{prefix}{suffix}", f"{prefix}{suffix}.final"
+        with open(partial, "w", newline="", encoding="utf-8") as handle:
+            write(csv.writer(handle))
+        # A new inode: Locust's own writer keeps its handle on the old file and cannot clobber this one.
+        os.replace(partial, final)

@@ -1,0 +1,110 @@
+"""``summary.json``, ``summary.md`` and ``summary.png`` from one comparison."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+LOCUST_BOUND_CPU = 90.0  # Locust above this share of its core measures itself, not the server
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def _mb(size: int | None) -> str:
+    return "–" if not size else f"{size / 2**20:.2f}"
+
+
+def markdown(summary: dict) -> str:
+    settings, ratios = summary.get("settings", {}), summary["ratios"]
+    lines = [f"# Load test: {summary['dataset']}", "",
+             f"One uvicorn worker per server on core {settings.get('server_core')}, Locust on core "
+             f"{settings.get('locust_core')}, {settings.get('users')} users, traffic {settings.get('traffic')}. "
+             f"`max`: closed loop, no think time, {settings.get('max_seconds')} s. `fixed`: "
+             f"{_num(settings.get('fixed_rps_target'), 0)} req/s ({settings.get('fixed_fraction', 0):.0%} of the "
+             f"teacher's max), {settings.get('fixed_seconds')} s. Each after a {settings.get('warmup_seconds')} s "
+             "warm-up; stats reset once all users run. Latencies are client-side (Locust), exact to the µs. "
+             f"Machine load average {settings.get('load_average_at_start')} at start, "
+             f"{settings.get('load_average_at_end')} at end ({settings.get('cpus')} CPUs): other work on the "
+             "machine lowers every number here.", "",
+             "| bundle | mode | req/s | p50 ms | p95 ms | p99 ms | max ms | requests | failures | server CPU % "
+             "| server RSS MB | Locust CPU % | bundle MB |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for run in summary["runs"]:
+        lines.append(f"| {run['bundle']} | {run['mode']} | {_num(run['rps'], 0)} | {_num(run['p50_ms'], 2)} | "
+                     f"{_num(run['p95_ms'], 2)} | {_num(run['p99_ms'], 2)} | {_num(run['max_ms'], 1)} | "
+                     f"{run['requests']:,} | {run['failures']:,} | {_num(run['server_cpu'], 0)} | "
+                     f"{_num(run['server_rss_mb'], 0)} | {_num(run['locust_cpu'], 0)} | {_mb(run['bundle_bytes'])} |")
+    lines += ["", "| ratio | value |", "|---|--:|",
+              f"| throughput (compressed / teacher, max req/s) | {_num(ratios['throughput'], 2)} |",
+              f"| p99 at the fixed rate (compressed / teacher) | {_num(ratios['p99_fixed'], 2)} |",
+              f"| of ceiling (compressed / ceiling, max req/s) | {_num(ratios['of_ceiling'], 2)} |", ""]
+    notes = _notes(summary)
+    if notes:
+        lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
+    return "\n".join(lines)
+
+
+def _notes(summary: dict) -> list[str]:
+    notes = []
+    target = summary.get("settings", {}).get("fixed_rps_target")
+    for run in summary["runs"]:
+        if run["mode"] == "max" and (run["locust_cpu"] or 0) >= LOCUST_BOUND_CPU:
+            notes.append(f"{run['bundle']} max: Locust used {run['locust_cpu']:.0f}% of its core, so this "
+                         "throughput is a lower bound set by the load generator, not the server.")
+        if run["mode"] == "fixed" and target and run["rps"] < 0.95 * target:
+            notes.append(f"{run['bundle']} did not sustain the fixed rate ({run['rps']:.0f} of {target:.0f} "
+                         "req/s): its latencies include queueing.")
+    notes += [f"problem: {problem}" for problem in summary.get("problems", [])]
+    return notes
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [kind for kind in ("teacher", "compressed", "ceiling") if any(r["bundle"] == kind for r in summary["runs"])]
+
+    def value(kind: str, mode: str, key: str) -> float:
+        found = next((r[key] for r in summary["runs"] if r["bundle"] == kind and r["mode"] == mode), None)
+        return float("nan") if found is None else found
+
+    colors = {"teacher": "#7f7f7f", "compressed": "#1f77b4", "ceiling": "#bcbd22"}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, mode, key, title in ((left, "max", "rps", "max throughput (req/s, higher is better)"),
+                                   (right, "fixed", "p99_ms", "p99 at the fixed rate (ms, lower is better)")):
+        values = [value(kind, mode, key) for kind in kinds]
+        bars = axis.bar(kinds, values, color=[colors[kind] for kind in kinds])
+        axis.bar_label(bars, labels=[_num(v, 0 if key == "rps" else 2) for v in values])
+        axis.set_title(title, fontsize=10)
+        axis.spines[["top", "right"]].set_visible(False)
+    fig.suptitle(f"Load test: {summary['dataset']} (one worker, one core)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_summary(summary: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "summary.json", out / "summary.md", out / "summary.png"]
+    paths[0].write_text(json.dumps(_without_nan(summary), indent=2, allow_nan=False) + "\n")
+    paths[1].write_text(markdown(summary))
+    plot(summary, paths[2])
+    return paths
+
+
+def _without_nan(value: object) -> object:
+    """NaN (a run with no samples) becomes null: JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _without_nan(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nan(item) for item in value]
+    return value

@@ -1,0 +1,69 @@
+"""loadtest.compare end to end on the tiny bundles (2 s phases), and its pieces on known inputs."""
+
+from __future__ import annotations
+
+import json
+
+from loadtest.compare import main as compare_main
+from loadtest.harness import parse_stats_csv, pinned
+from loadtest.summary import markdown
+
+RUN_KEYS = {"bundle", "mode", "rps", "p50_ms", "p95_ms", "p99_ms", "max_ms", "requests", "failures", "server_cpu",
+            "server_rss_mb", "locust_cpu", "bundle_bytes"}
+
+
+def test_compare_writes_the_summary(tiny, tmp_path, monkeypatch):
+    monkeypatch.delenv("RECSYS_ADMIN_TOKEN", raising=False)
+    out = tmp_path / "report"
+    code = compare_main(["--teacher", str(tiny.bundles / "teacher"), "--compressed", str(tiny.bundles / "compressed"),
+                         "--dataset", "tiny", "--out", str(out), "--users", "4", "--max-seconds", "2",
+                         "--fixed-seconds", "2", "--warmup-seconds", "0"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert code == 0, summary["problems"]
+    assert summary["dataset"] == "tiny"
+    assert [(run["bundle"], run["mode"]) for run in summary["runs"]] == [
+        (kind, mode) for kind in ("teacher", "compressed", "ceiling") for mode in ("max", "fixed")]
+    for run in summary["runs"]:
+        assert set(run) == RUN_KEYS
+        assert run["requests"] > 0 and run["failures"] == 0 and run["rps"] > 0
+        assert 0 < run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"] <= run["max_ms"]
+        assert run["server_rss_mb"] > 10 and run["server_cpu"] is not None and run["locust_cpu"] is not None
+    sizes = {run["bundle"]: run["bundle_bytes"] for run in summary["runs"]}
+    assert sizes["compressed"] < sizes["teacher"] and sizes["ceiling"] == 0
+    assert set(summary["ratios"]) == {"throughput", "p99_fixed", "of_ceiling"}
+    assert all(value > 0 for value in summary["ratios"].values())
+    fixed = [run for run in summary["runs"] if run["mode"] == "fixed"]
+    target = summary["settings"]["fixed_rps_target"]
+    assert all(run["rps"] < 1.5 * target for run in fixed)  # constant_throughput paces users: not a closed loop
+    assert "| compressed | fixed |" in (out / "summary.md").read_text()
+    assert (out / "summary.png").stat().st_size > 5000
+    assert (out / "raw" / "compressed-max_stats.csv").exists()
+
+
+def test_stats_csv_parsing(tmp_path):
+    path = tmp_path / "x_stats.csv"
+    path.write_text(
+        "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
+        "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,"
+        "99.99%,100%\n"
+        "GET,/recommend,900,2,3,3.5,1,40,800,90.5,0.2,3,3,4,4,5,6,8,9,30,40,40\n"
+        ",Aggregated,1000,3,3,3.6,1,41.5,810,100.25,0.3,3,3,4,4,5,7,9,11,30,41,41\n")
+    assert parse_stats_csv(path) == {"rps": 100.25, "p50_ms": 3.0, "p95_ms": 7.0, "p99_ms": 11.0, "max_ms": 41.5,
+                                     "requests": 1000, "failures": 3}
+    assert parse_stats_csv(path, "/recommend")["requests"] == 900
+
+
+def test_markdown_flags_a_locust_bound_run_and_an_unsustained_rate():
+    run = {"bundle": "ceiling", "mode": "max", "rps": 5000.0, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0,
+           "max_ms": 9.0, "requests": 1000, "failures": 0, "server_cpu": 80.0, "server_rss_mb": 90.0,
+           "locust_cpu": 99.0, "bundle_bytes": 0}
+    slow = {**run, "bundle": "teacher", "mode": "fixed", "rps": 50.0, "locust_cpu": 10.0}
+    text = markdown({"dataset": "d", "runs": [run, slow], "settings": {"fixed_rps_target": 100.0},
+                     "ratios": {"throughput": None, "p99_fixed": None, "of_ceiling": None}})
+    assert "lower bound" in text and "did not sustain" in text
+
+
+def test_pinning_falls_back_without_taskset(monkeypatch):
+    monkeypatch.setattr("loadtest.harness.shutil.which", lambda name: None)
+    assert pinned(["python", "-m", "serving"], 0) == ["python", "-m", "serving"]
+    assert pinned(["python"], None) == ["python"]

@@ -1,0 +1,131 @@
+"""The ranking feature builder on hand-made data whose values are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from recsys.features import TokenTable
+from recsys.ranking_features import (
+    FeatureTables,
+    affinity_tables,
+    build_feature_tables,
+    build_features,
+    cooccurrence_neighbors,
+    request_context,
+    time_count_table,
+)
+from recsys.recommender import History
+
+VOCAB = ["<pad>", "category:a", "category:b", "genres:x", "genres:y", "title:foo"]
+TOKENS = np.array([[1, 3, 5],  # item 0: a, x, foo
+                   [1, 4, 0],  # item 1: a, y
+                   [2, 3, 0],  # item 2: b, x
+                   [2, 3, 4],  # item 3: b, x, y
+                   [0, 0, 0]])  # item 4: no side information
+
+
+def hand_tables(**overrides) -> FeatureTables:
+    labels, label_field, fields = affinity_tables(TokenTable(TOKENS, VOCAB))
+    neighbors = np.full((5, 2), -1, dtype=np.int32)
+    weights = np.zeros((5, 2), dtype=np.float32)
+    neighbors[2, 0], weights[2, 0] = 3, 0.5  # 2 -> 3
+    neighbors[1, 0], weights[1, 0] = 3, 0.2  # 1 -> 3
+    neighbors[1, 1], weights[1, 1] = 4, 1.0  # 1 -> 4
+    values = dict(item_tokens=TOKENS, affinity_labels=labels, label_field=label_field,
+                  item_log_count=np.log1p(np.array([4, 3, 2, 1, 0], dtype=np.float32)), neighbors=neighbors,
+                  neighbor_weights=weights, time_edges=np.zeros(0, np.int64),
+                  item_time_counts=np.zeros((5, 0), np.uint32), affinity_fields=fields, token_vocab=len(VOCAB))
+    return FeatureTables(**{**values, **overrides})
+
+
+def one_user(recent_items: list[int], width: int = 6) -> History:
+    recent = np.full((1, width), -1, dtype=np.int32)
+    recent[0, width - len(recent_items):] = recent_items
+    seen = sp.csr_matrix((np.ones(len(recent_items)), ([0] * len(recent_items), recent_items)), shape=(1, 5))
+    return History(seen, recent)
+
+
+def features_for(tables: FeatureTables, history: History, cands: list[int], context=None) -> dict[str, np.ndarray]:
+    cands = np.array([cands])
+    vectors = np.eye(5, 4, dtype=np.float32)
+    scores = np.linspace(1.0, 0.5, cands.shape[1])[None, :].astype(np.float32)
+    dense = build_features(tables, history, cands, scores, vectors[np.maximum(cands, 0)], vectors, context)
+    assert dense.shape == (1, cands.shape[1], len(tables.feature_names()))
+    return {name: dense[0, :, j] for j, name in enumerate(tables.feature_names())}
+
+
+def test_category_and_genre_affinity_are_history_shares():
+    got = features_for(hand_tables(), one_user([0, 1, 2]), [3, 0, 4])
+    # History: categories a, a, b; genres {x}, {y}, {x}.
+    assert got["affinity:category"] == pytest.approx([1 / 3, 2 / 3, 0.0])
+    # Item 3 has genres x (2/3 of history) and y (1/3): their mean.
+    assert got["affinity:genres"] == pytest.approx([0.5, 2 / 3, 0.0])
+
+
+def test_token_overlap_cooccurrence_and_popularity():
+    got = features_for(hand_tables(), one_user([0, 1, 2]), [3, 4, 0])
+    assert got["token_overlap"] == pytest.approx([1.0, 0.0, 1.0])
+    # Neighbours of the last items: 2 -> 3 (0.5, most recent, weight 1) and 1 -> 3 (0.2, weight 0.7).
+    assert got["cooc_recent"] == pytest.approx([0.5 + 0.7 * 0.2, 0.7 * 1.0, 0.0])
+    assert got["item_log_count"] == pytest.approx(np.log1p([1, 0, 4]))
+    assert got["user_history_len"] == pytest.approx(np.log1p([3, 3, 3]))
+    assert got["retrieval_rank"] == pytest.approx(np.log1p([0, 1, 2]))
+    assert got["score_gap"] == pytest.approx([0.0, -0.25, -0.5])
+    # Item vectors are one-hot: item 0 equals no recent vector but itself; the last item is 2.
+    assert got["sim_last"] == pytest.approx([0.0, 0.0, 0.0])
+    assert got["sim_recent_max"] == pytest.approx([0.0, 0.0, 1.0])
+
+
+def test_empty_history_and_empty_slots_are_zero():
+    got = features_for(hand_tables(), one_user([]), [3, -1])
+    for name in ("affinity:category", "token_overlap", "cooc_recent", "sim_last"):
+        assert got[name] == pytest.approx([0.0, 0.0]), name
+    assert all(values[1] == 0.0 for values in got.values())
+
+
+def test_disabled_features_are_zeroed_and_unknown_names_refused():
+    tables = hand_tables().without(("cooc_recent",))
+    assert features_for(tables, one_user([0, 1, 2]), [3])["cooc_recent"] == pytest.approx([0.0])
+    with pytest.raises(ValueError, match="unknown features"):
+        hand_tables().without(("nonsense",))
+
+
+def test_time_features_only_count_interactions_before_the_request():
+    frame = pd.DataFrame({"u": [0, 0, 1, 1, 2], "i": [3, 3, 3, 0, 1], "t": [0, 10, 20, 30, 95]})
+    edges, counts = time_count_table(frame, 5, n_bins=10)
+    tables = hand_tables(time_edges=edges, item_time_counts=counts)
+    early = features_for(tables, one_user([1]), [3, 0], {"timestamp": 25, "last_timestamp": 5})
+    late = features_for(tables, one_user([1]), [3, 0], {"timestamp": 99})
+    # At t=25 only item 3's interactions at 0, 10 and 20 exist; item 0 (t=30) is not yet seen.
+    assert early["item_age"][1] == -1 and early["item_age"][0] > 0
+    assert early["item_pop_asof"][0] > early["item_pop_asof"][1]
+    assert late["item_age"][1] >= 0
+    assert early["user_gap"] == pytest.approx(np.log1p([20, 20]))
+    assert late["user_gap"] == pytest.approx([0.0, 0.0])  # no previous time given
+
+
+def test_cooccurrence_neighbors_follow_sequences():
+    frame = pd.DataFrame({"u": [0, 0, 0, 1, 1], "i": [0, 1, 2, 0, 1]})
+    neighbors, weights = cooccurrence_neighbors(frame, 4, window=1, n_neighbors=2)
+    assert neighbors[0].tolist() == [1, -1]  # 0 -> 1 twice; nothing else follows 0 within one step
+    assert weights[0, 0] == pytest.approx(2 / np.sqrt(2 * 2))
+    assert neighbors[2].tolist() == [-1, -1]
+
+
+def test_tables_round_trip_and_context(tmp_path, checkerboard, checkerboard_split):
+    from recsys.features import build_token_table
+
+    tokens = build_token_table(checkerboard.items, "item_id", checkerboard_split.items)
+    tables = build_feature_tables(checkerboard_split, tokens)
+    assert not tables.has_time  # checkerboard times are small integers, not unix seconds
+    tables.save(tmp_path / "t.npz")
+    again = FeatureTables.load(tmp_path / "t.npz")
+    assert again.feature_names() == tables.feature_names() and "affinity:category" in tables.feature_names()
+    assert np.array_equal(again.neighbors, tables.neighbors)
+    context = request_context(checkerboard_split, "test")
+    users, _ = checkerboard_split.targets("test")
+    assert len(context["timestamp"]) == len(users)
+    assert (context["last_timestamp"] < context["timestamp"]).all()

@@ -1,0 +1,101 @@
+"""Both stages end to end through the CLIs on a tiny log: model dir, evaluation, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from recsys.evaluate import main as evaluate_main
+from recsys.model_dir import RANKING_FEATURES, load_trained
+from recsys.train import main as train_main
+from recsys.train_ranker import RankerTrainConfig, holdout_split, list_loss, prefix_requests
+from tests.conftest import checkerboard_dataset
+
+TINY = ["--epochs", "2", "--dim", "8", "--hidden", "16", "--batch-size", "64", "--history-len", "8",
+        "--ranker-epochs", "2", "--ranker-width", "16", "--ranker-depth", "1", "--ranker-positives-per-user", "3",
+        "--ranker-hard-negatives", "5", "--ranker-random-negatives", "2", "--ranker-batch-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def log_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("log")
+    dataset = checkerboard_dataset()
+    dataset.interactions.to_csv(root / "log.csv", index=False)
+    dataset.items.to_csv(root / "items.csv", index=False)
+    return root
+
+
+def train_and_evaluate(root, name, *extra):
+    out = root / name
+    common = ["--dataset", str(root / "log.csv"), "--items", str(root / "items.csv"), "--data-dir", str(root)]
+    assert train_main([*common, "--out", str(out), *TINY, *extra]) == 0
+    metrics = {}
+    for stage in ("full", "retrieval"):
+        path = root / f"{name}-{stage}.json"
+        assert evaluate_main([*common, "--model", str(out), "--stage", stage, "--split", "valid",
+                              "--json", str(path)]) == 0
+        metrics[stage] = json.loads(path.read_text())
+    return out, metrics
+
+
+def test_two_stage_training_writes_a_model_dir_evaluate_loads(log_files, capsys):
+    out, metrics = train_and_evaluate(log_files, "model")
+    config = json.loads((out / "config.json").read_text())
+    result = config["ranker_result"]
+    assert config["ranker"]["n_dense"] == len(config["ranker"]["feature_names"])
+    assert result["loss"] in ("softmax", "bce") and set(result["runs"]) == {"softmax", "bce"}
+    assert all(len(run["curve"]) >= 1 for run in result["runs"].values())
+    assert (out / "ranker.pt").exists() and (out / RANKING_FEATURES).exists()
+    assert load_trained(out).ranker is not None
+    assert metrics["full"]["stage"] == "full" and metrics["full"]["split"] == "valid"
+    assert metrics["full"]["users"] == metrics["retrieval"]["users"] == 40
+    # The model selection metric is exactly what evaluation reports for the full pipeline.
+    assert metrics["full"]["NDCG@10"] == pytest.approx(result["valid_NDCG@10"])
+    assert metrics["retrieval"]["NDCG@10"] == pytest.approx(result["retrieval_valid_NDCG@10"])
+    assert "two-tower + ranker" in capsys.readouterr().out
+
+
+def test_same_seed_same_metrics(log_files):
+    extra = ["--ranker-loss", "softmax", "--seed", "5"]
+    first_dir, first = train_and_evaluate(log_files, "seed-a", *extra)
+    second_dir, second = train_and_evaluate(log_files, "seed-b", *extra)
+    assert first["full"]["NDCG@10"] == second["full"]["NDCG@10"]
+    curves = [json.loads((d / "config.json").read_text())["ranker_result"]["runs"] for d in (first_dir, second_dir)]
+    assert curves[0]["softmax"]["curve"] == curves[1]["softmax"]["curve"]
+
+
+def test_skip_ranker_trains_towers_only(log_files):
+    out = log_files / "towers-only"
+    common = ["--dataset", str(log_files / "log.csv"), "--items", str(log_files / "items.csv"),
+              "--data-dir", str(log_files)]
+    assert train_main([*common, "--out", str(out), *TINY, "--skip-ranker"]) == 0
+    assert "ranker" not in json.loads((out / "config.json").read_text())
+    assert not (out / "ranker.pt").exists() and (out / RANKING_FEATURES).exists()
+
+
+def test_prefix_requests_see_only_earlier_items(checkerboard_split):
+    cfg = RankerTrainConfig(positives_per_user=2)
+    users, targets, history, context = prefix_requests(checkerboard_split, cfg, np.random.default_rng(0))
+    train = checkerboard_split.train
+    assert len(users) == 2 * checkerboard_split.n_users
+    for row in range(len(users)):
+        sequence = train[train["u"] == users[row]]
+        position = int(np.flatnonzero(sequence["i"].to_numpy() == targets[row])[0])
+        earlier = sequence["i"].to_numpy()[:position]
+        assert sorted(history.seen[row].indices) == sorted(earlier)
+        assert history.recent[row][history.recent[row] >= 0].tolist() == earlier.tolist()
+        assert context["timestamp"][row] == sequence["t"].to_numpy()[position]
+    prefix = holdout_split(checkerboard_split, 2)
+    assert len(prefix.train) == len(train) - 2 * checkerboard_split.n_users
+
+
+def test_losses_ignore_empty_slots():
+    import torch
+
+    logits = torch.tensor([[2.0, 1.0, 50.0]])
+    valid = torch.tensor([[True, True, False]])
+    for kind in ("softmax", "bce"):
+        padded = list_loss(logits, valid, kind)
+        assert torch.isclose(padded, list_loss(logits[:, :2], valid[:, :2], kind))

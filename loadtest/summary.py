@@ -31,6 +31,8 @@ def markdown(summary: dict) -> str:
              f"Machine load average {settings.get('load_average_at_start')} at start, "
              f"{settings.get('load_average_at_end')} at end ({settings.get('cpus')} CPUs): other work on the "
              "machine lowers every number here.", "",
+             f"Bundles: teacher `{settings.get('teacher')}`, compressed `{settings.get('compressed')}`; the "
+             "ceiling answers from the compressed bundle's popular items.", "",
              "| bundle | mode | req/s | p50 ms | p95 ms | p99 ms | max ms | requests | failures | server CPU % "
              "| server RSS MB | Locust CPU % | bundle MB |",
              "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]

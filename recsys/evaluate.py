@@ -106,7 +106,28 @@ def _is_model_dir(path: Path) -> bool:
     return is_model_dir(path)
 
 
+def _is_bundle(path: Path) -> bool:
+    return (path / "manifest.json").exists() or (path / "current" / "manifest.json").exists()
+
+
+def _load_bundle(path: Path, split: Split, model_stage: str = "full") -> Recommender:
+    """A bundle scored through ONNX Runtime + FAISS: the code path serving runs."""
+    from recsys.model_dir import ModelDirError
+    from recsys.runtime import load_serving_model
+
+    served = load_serving_model(path, precompute_users=False)
+    if served.content.users != split.users or served.content.items != split.items:
+        raise ModelDirError(f"bundle {served.version} at {path} was built from other data "
+                            f"(fingerprint {served.manifest.data_fingerprint}); its id maps do not match this dataset")
+    recommender = served.recommender()
+    if model_stage == "retrieval":
+        recommender.pipeline.score_candidates = None
+    recommender.display_name = f"bundle {served.manifest.kind} {served.version}"
+    return recommender
+
+
 DIRECTORY_LOADERS.append((_is_model_dir, _load_model_dir))
+DIRECTORY_LOADERS.append((_is_bundle, _load_bundle))
 
 
 def load_model(spec: str, split: Split, model_stage: str = "full") -> Recommender:

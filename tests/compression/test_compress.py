@@ -49,6 +49,18 @@ def test_compress_writes_card_and_serving_bundles(trained, capsys):
     capsys.readouterr()
 
 
+def test_evaluate_cli_scores_a_bundle_like_the_card(trained, tmp_path, capsys):
+    from recsys.evaluate import main as evaluate_main
+
+    root, data = trained
+    out = root / "out"
+    card = json.loads((out / "card.json").read_text())
+    compressed = next(row for row in card["variants"] if row["name"] == "compressed")
+    assert evaluate_main(["--model", str(out / "compressed"), *data, "--json", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["NDCG@10"] == pytest.approx(compressed["NDCG@10"])
+    capsys.readouterr()
+
+
 def test_gate_refuses_and_publishes_nothing(trained, capsys):
     root, data = trained
     out = root / "refused"

@@ -30,6 +30,7 @@ import onnxruntime as ort
 import torch
 
 from recsys.bundle import library_versions, sha256_file
+from recsys.runtime import ort_session
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +155,8 @@ def export_onnx(
 
 
 def make_session(path: str | os.PathLike[str], threads: int = 1) -> ort.InferenceSession:
-    """CPU session the way serving runs it: ``threads`` intra-op threads, sequential, full graph opts."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """CPU session the way serving runs it (one definition, in the serving runtime)."""
+    return ort_session(Path(path), threads)
 
 
 def validate_onnx(

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 CARD_COLUMNS = ("name", "params", "bytes", "latency_p50_ms", "latency_p99_ms", "HR@10", "NDCG@10")
 
 
-def _cell(value) -> str:
+def format_cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
     if isinstance(value, int):
@@ -28,7 +28,7 @@ def card_markdown(card: dict, title: str) -> str:
     columns = [*CARD_COLUMNS, "notes"]
     lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in card["variants"]:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+        lines.append("| " + " | ".join(format_cell(row.get(c)) for c in columns) + " |")
     gate = card["gate"]
     verdict = "PASSED" if gate["passed"] else "FAILED"
     lines += ["", f"Quality gate: compressed NDCG@10 {gate['compressed_ndcg']:.4f} vs teacher "

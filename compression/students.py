@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -12,7 +13,7 @@ from recsys.model_dir import TrainedModel
 from recsys.models.two_tower import TwoTower, TwoTowerConfig
 from recsys.ranking_features import FeatureTables
 from recsys.split import Split
-from recsys.train_ranker import RankerTrainConfig, train_ranker
+from recsys.train_ranker import RankerTrainConfig, holdout_retriever, train_ranker
 from recsys.train_towers import TowerTrainConfig, train_two_tower
 
 log = logging.getLogger(__name__)
@@ -74,13 +75,28 @@ def train_student(name: str, trained: TrainedModel, split: Split, tables: Featur
                "distill": None if distill is None else distill.to_dict()}
     ranker = None
     if trained.ranker is not None and tables is not None:
-        shape = {"width": cfg.ranker_width, "depth": cfg.ranker_depth, "n_cross": cfg.ranker_cross}
-        ranked = train_ranker(split, result.model, tables, ranker_train_config(trained, cfg), shape)
-        ranker, tables = ranked.model, ranked.tables
-        summary.update({"ranker": ranked.model.cfg.to_dict(), "ranker_valid_NDCG@10": ranked.best_ndcg,
-                        "ranker_loss": ranked.loss, "ranker_seconds": round(ranked.seconds, 1)})
+        ranker, tables = _train_student_ranker(trained, split, tables, cfg, model_cfg, result, summary)
     log.info("student %s: towers valid NDCG@10 %.4f", name, result.best_ndcg)
     return Student(name, result.model, ranker, tables, summary)
+
+
+def _train_student_ranker(trained, split, tables, cfg, model_cfg, towers_result, summary):
+    """The student's ranker learns from lists proposed by held-out student towers (as the teacher's
+    did); a ranker that does not beat the student's retrieval on validation is dropped."""
+    ranker_cfg = ranker_train_config(trained, cfg)
+    source = partial(holdout_retriever, split, model_cfg.to_dict(), tower_train_config(trained, cfg).to_dict(),
+                     towers_result.best_epoch, trained.item_tokens, trained.user_tokens, cfg=ranker_cfg)
+    shape = {"width": cfg.ranker_width, "depth": cfg.ranker_depth, "n_cross": cfg.ranker_cross}
+    ranked = train_ranker(split, towers_result.model, tables, ranker_cfg, shape, source)
+    summary.update({"ranker": ranked.model.cfg.to_dict(), "ranker_valid_NDCG@10": ranked.best_ndcg,
+                    "retrieval_valid_NDCG@10": ranked.retrieval_ndcg, "ranker_loss": ranked.loss,
+                    "ranker_seconds": round(ranked.seconds, 1),
+                    "ranker_kept": ranked.best_ndcg > ranked.retrieval_ndcg})
+    if not summary["ranker_kept"]:
+        log.warning("student ranker dropped: valid NDCG@10 %.4f <= retrieval %.4f", ranked.best_ndcg,
+                    ranked.retrieval_ndcg)
+        return None, tables
+    return ranked.model, ranked.tables
 
 
 def teacher_student(trained: TrainedModel, tables: FeatureTables | None) -> Student:

@@ -33,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--users")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
     parser.add_argument("--threshold", type=float, default=0.97, help="gate: compressed NDCG@10 >= this x teacher")
-    parser.add_argument("--student-dim", type=int, default=32)
+    parser.add_argument("--student-dim", type=int, default=64)
     parser.add_argument("--tower-epochs", type=int, default=40)
     parser.add_argument("--ranker-epochs", type=int, default=20)
     parser.add_argument("--max-steps-per-epoch", type=int, default=None)

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StudentConfig:
-    dim: int = 32
+    dim: int = 64
     hidden: int = 64
     depth: int = 1
     ranker_width: int = 64

@@ -34,13 +34,14 @@ def markdown(summary: dict) -> str:
              f"Bundles: teacher `{settings.get('teacher')}`, compressed `{settings.get('compressed')}`; the "
              "ceiling answers from the compressed bundle's popular items.", "",
              "| bundle | mode | req/s | p50 ms | p95 ms | p99 ms | max ms | requests | failures | server CPU % "
-             "| server RSS MB | Locust CPU % | bundle MB |",
-             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+             "| server CPU ms/req | server RSS MB | Locust CPU % | bundle MB |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for run in summary["runs"]:
         lines.append(f"| {run['bundle']} | {run['mode']} | {_num(run['rps'], 0)} | {_num(run['p50_ms'], 2)} | "
                      f"{_num(run['p95_ms'], 2)} | {_num(run['p99_ms'], 2)} | {_num(run['max_ms'], 1)} | "
                      f"{run['requests']:,} | {run['failures']:,} | {_num(run['server_cpu'], 0)} | "
-                     f"{_num(run['server_rss_mb'], 0)} | {_num(run['locust_cpu'], 0)} | {_mb(run['bundle_bytes'])} |")
+                     f"{_num(_cpu_ms_per_request(run), 2)} | {_num(run['server_rss_mb'], 0)} | "
+                     f"{_num(run['locust_cpu'], 0)} | {_mb(run['bundle_bytes'])} |")
     lines += ["", "| ratio | value |", "|---|--:|",
               f"| throughput (compressed / teacher, max req/s) | {_num(ratios['throughput'], 2)} |",
               f"| p99 at the fixed rate (compressed / teacher) | {_num(ratios['p99_fixed'], 2)} |",
@@ -49,6 +50,13 @@ def markdown(summary: dict) -> str:
     if notes:
         lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     return "\n".join(lines)
+
+
+def _cpu_ms_per_request(run: dict) -> float | None:
+    """Server CPU time per request: steadier than req/s when other work shares the machine."""
+    if run["server_cpu"] is None or not run["rps"]:
+        return None
+    return 10.0 * run["server_cpu"] / run["rps"]
 
 
 def _notes(summary: dict) -> list[str]:

@@ -12,7 +12,8 @@ from recsys.data.synthetic import SyntheticConfig, generate
 from recsys.runtime import load_serving_model
 from recsys.train import main as train_main
 
-FAST = ["--student-dim", "8", "--tower-epochs", "2", "--ranker-epochs", "1", "--latency-requests", "20", "--reports-dir", ""]
+FAST = ["--student-dim", "8", "--tower-epochs", "2", "--ranker-epochs", "1", "--latency-requests", "20",
+        "--reports-dir", ""]
 
 
 @pytest.fixture(scope="module")

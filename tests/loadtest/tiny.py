@@ -28,8 +28,10 @@ from recsys.train import main as train_main
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "tiny-admin-token"
 TRAIN_FAST = ["--epochs", "2", "--dim", "16", "--hidden", "32", "--ranker-epochs", "1"]
-COMPRESS_FAST = ["--student-dim", "8", "--tower-epochs", "2", "--ranker-epochs", "1", "--latency-requests", "20", "--threshold", "0.3",
-                 "--reports-dir", ""]
+# Students narrower than the tiny teacher (dim 16), as compression's default (64) is for real teachers.
+COMPRESS_FAST = ["--student-dim", "8", "--tower-epochs", "2", "--ranker-epochs", "1",
+                 "--latency-requests", "20",
+                 "--threshold", "0.3", "--reports-dir", ""]
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,17 @@
 
     python -m loadtest.compare --teacher OUT/teacher --compressed OUT/compressed --dataset ml-100k
 
-Each server (``python -m serving``, one worker, or ``python -m loadtest.ceiling``) runs alone on
-127.0.0.1, pinned to one core with Locust pinned to another. Per server: a short warm-up, a
-closed-loop run for maximum throughput (``--users`` users, no think time), then a fixed-rate
-run at ``--fixed-fraction`` of the teacher's maximum, which every server should sustain, so
-their latencies compare at equal load. Traffic is ``/recommend?k=10`` for known users weighted
-by history length plus ~10% unknown users, seeded identically for every server. Writes
-``summary.json``, ``summary.md`` and ``summary.png`` under ``--out`` (raw CSVs and logs in ``raw/``).
-Exit status: 0 clean, 1 some request failed or a run broke (the summary is still written), 2 bad input.
+The three servers (``python -m serving`` with one worker, and ``python -m loadtest.ceiling``) run
+on 127.0.0.1 pinned to one core, Locust pinned to another, one Locust run at a time. After a
+warm-up, two phases: closed loop for maximum throughput (``--users`` users, no think time), then
+a fixed rate at ``--fixed-fraction`` of the teacher's maximum, which every server should sustain,
+so latencies compare at equal load. Each phase is split into ``--rounds`` rounds that visit the
+servers in rotating order, so a neighbour's burst of work on a shared machine hits all of them
+alike: req/s and CPU are medians over rounds, percentiles pool every round's samples. Traffic is
+``/recommend?k=10`` for known users weighted by history length plus ~10% unknown users, seeded
+the same for every server. Writes ``summary.json``, ``summary.md`` and ``summary.png`` under
+``--out`` (Locust CSVs and logs in ``raw/``). Exit status: 0 clean, 1 some request failed or a run
+broke (the summary is still written), 2 bad input.
 """
 
 from __future__ import annotations
@@ -19,12 +22,17 @@ import logging
 import math
 import os
 import platform
+import statistics
 import sys
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from loadtest.harness import HarnessError, LocustStats, pinned, run_locust, running_server
+from loadtest.latency import percentiles
 from loadtest.summary import write_summary
 from recsys.bundle import BundleError, load_manifest, resolve_bundle
 
@@ -44,6 +52,7 @@ class CompareConfig:
     fixed_seconds: int = 40
     warmup_seconds: int = 5
     fixed_fraction: float = 0.6
+    rounds: int = 3
     server_core: int | None = 0
     locust_core: int | None = 1
     seed: int = 0
@@ -56,22 +65,23 @@ def parse_args(argv: list[str] | None = None) -> CompareConfig:
     parser.add_argument("--dataset", required=True, help="dataset name for the report")
     parser.add_argument("--out", type=Path, default=Path("reports/loadtest"))
     parser.add_argument("--users", type=int, default=64, help="Locust users in both phases")
-    parser.add_argument("--max-seconds", type=int, default=40, help="closed-loop (max throughput) run length")
-    parser.add_argument("--fixed-seconds", type=int, default=40, help="fixed-rate run length")
-    parser.add_argument("--warmup-seconds", type=int, default=5, help="unrecorded run before each server's phases")
+    parser.add_argument("--max-seconds", type=int, default=40, help="closed-loop time per server (all rounds)")
+    parser.add_argument("--fixed-seconds", type=int, default=40, help="fixed-rate time per server (all rounds)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per phase, servers in rotating order")
+    parser.add_argument("--warmup-seconds", type=int, default=5, help="unrecorded run per server before measuring")
     parser.add_argument("--fixed-fraction", type=float, default=0.6, help="fixed rate as a share of teacher max rps")
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--locust-core", type=int, default=1)
     parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for name in ("users", "max_seconds", "fixed_seconds"):
+    for name in ("users", "max_seconds", "fixed_seconds", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 < args.fixed_fraction <= 1:
         parser.error(f"--fixed-fraction must be in (0, 1], got {args.fixed_fraction}")
     return CompareConfig(args.teacher, args.compressed, args.dataset, args.out, args.users, args.max_seconds,
-                         args.fixed_seconds, max(0, args.warmup_seconds), args.fixed_fraction,
+                         args.fixed_seconds, max(0, args.warmup_seconds), args.fixed_fraction, args.rounds,
                          None if args.no_pin else args.server_core, None if args.no_pin else args.locust_core,
                          args.seed)
 
@@ -89,11 +99,28 @@ def server_command(kind: str, bundle: Path, events_db: Path) -> list[str]:
             "--workers", "1", "--events-db", str(events_db)]
 
 
-def run_row(kind: str, mode: str, stats: LocustStats, size: int) -> dict:
-    return {"bundle": kind, "mode": mode, "rps": stats.rps, "p50_ms": stats.p50_ms, "p95_ms": stats.p95_ms,
-            "p99_ms": stats.p99_ms, "max_ms": stats.max_ms, "requests": stats.requests, "failures": stats.failures,
-            "server_cpu": stats.server_cpu, "server_rss_mb": stats.server_rss_mb, "locust_cpu": stats.locust_cpu,
-            "bundle_bytes": size}
+def run_row(kind: str, mode: str, rounds: list[LocustStats], size: int) -> dict:
+    """One summary row from a phase's rounds: median req/s and CPU, percentiles over all samples."""
+    pooled = [r.samples for r in rounds if r.samples is not None and len(r.samples)]
+    if len(pooled) == len(rounds):
+        latency = percentiles(np.concatenate(pooled))
+    else:  # no exact samples: the middle round's Locust percentiles (whole milliseconds)
+        latency = {key: _median([getattr(r, key) for r in rounds]) for key in ("p50_ms", "p95_ms", "p99_ms")}
+        latency["max_ms"] = max(r.max_ms for r in rounds)
+    return {"bundle": kind, "mode": mode, "rps": _median([r.rps for r in rounds]), **latency,
+            "requests": sum(r.requests for r in rounds), "failures": sum(r.failures for r in rounds),
+            "server_cpu": _median([r.server_cpu for r in rounds]),
+            "server_rss_mb": max((r.server_rss_mb for r in rounds if r.server_rss_mb is not None), default=None),
+            "locust_cpu": _median([r.locust_cpu for r in rounds]), "bundle_bytes": size}
+
+
+@dataclass
+class Server:
+    kind: str
+    bundle: Path
+    url: str
+    pid: int
+    size: int
 
 
 class Comparison:
@@ -101,6 +128,7 @@ class Comparison:
         self.cfg = cfg
         self.raw = cfg.out / "raw"
         self.runs: list[dict] = []
+        self.rounds: list[dict] = []
         self.problems: list[str] = []
         self.fixed_rps: float | None = None
         # Other work on the machine skews every number: the summary records how busy it was.
@@ -115,37 +143,66 @@ class Comparison:
             env["RECSYS_LOADTEST_RATE"] = f"{rate_per_user:.6f}"
         return env
 
-    def measure(self, kind: str, bundle: Path, events_dir: Path) -> None:
+    def run(self, events_dir: Path) -> None:
         cfg = self.cfg
-        size = 0 if kind == "ceiling" else bundle_bytes(bundle)
-        command = pinned(server_command(kind, bundle, events_dir / f"{kind}.sqlite"), cfg.server_core)
-        log.info("%s: starting server (%s)", kind, " ".join(command[:6]))
-        with running_server(command, self.raw / f"{kind}-server.log") as (server, url):
-            common = {"users": cfg.users, "core": cfg.locust_core, "server_pid": server.pid}
-            if cfg.warmup_seconds:
-                log.info("%s: warm-up %d s at %s", kind, cfg.warmup_seconds, url)
-                run_locust(url, self.raw / f"{kind}-warmup", seconds=cfg.warmup_seconds,
-                           env=self.locust_env(kind, None), **common)
-            log.info("%s: closed loop, %d users, %d s", kind, cfg.users, cfg.max_seconds)
-            stats = run_locust(url, self.raw / f"{kind}-max", seconds=cfg.max_seconds,
-                               env=self.locust_env(kind, None), **common)
-            self.record(kind, "max", stats, size)
-            if self.fixed_rps is None:  # the teacher runs first and sets the rate everyone must sustain
-                self.fixed_rps = max(1.0, cfg.fixed_fraction * stats.rps)
-            log.info("%s: fixed rate %.0f req/s, %d s", kind, self.fixed_rps, cfg.fixed_seconds)
-            stats = run_locust(url, self.raw / f"{kind}-fixed", seconds=cfg.fixed_seconds,
-                               env=self.locust_env(kind, self.fixed_rps / cfg.users), **common)
-            self.record(kind, "fixed", stats, size)
+        with ExitStack() as stack:
+            servers = []
+            for kind, bundle in zip(KINDS, (cfg.teacher, cfg.compressed, cfg.compressed), strict=True):
+                command = pinned(server_command(kind, bundle, events_dir / f"{kind}.sqlite"), cfg.server_core)
+                log.info("%s: starting %s", kind, " ".join(command[:6]))
+                process, url = stack.enter_context(running_server(command, self.raw / f"{kind}-server.log"))
+                servers.append(Server(kind, bundle, url, process.pid,
+                                      0 if kind == "ceiling" else bundle_bytes(bundle)))
+            for server in servers:
+                if cfg.warmup_seconds:
+                    log.info("%s: warm-up %d s at %s", server.kind, cfg.warmup_seconds, server.url)
+                    self.locust(server, "warmup", cfg.warmup_seconds, None)
+            self.phase(servers, "max", cfg.max_seconds, None)
+            teacher_max = next((r["rps"] for r in self.runs if r["bundle"] == "teacher" and r["mode"] == "max"), None)
+            if not teacher_max:
+                self.problems.append("no teacher maximum, so no fixed rate to compare at")
+                return
+            self.fixed_rps = max(1.0, cfg.fixed_fraction * teacher_max)
+            self.phase(servers, "fixed", cfg.fixed_seconds, self.fixed_rps / cfg.users)
 
-    def record(self, kind: str, mode: str, stats: LocustStats, size: int) -> None:
-        row = run_row(kind, mode, stats, size)
-        self.runs.append(row)
-        log.info("%s %s: %.0f req/s, p50 %.2f ms, p99 %.2f ms, %d/%d failed, server CPU %s%%, Locust CPU %s%%",
-                 kind, mode, stats.rps, stats.p50_ms, stats.p99_ms, stats.failures, stats.requests,
-                 _pct(stats.server_cpu), _pct(stats.locust_cpu))
+    def phase(self, servers: list[Server], mode: str, seconds: int, rate_per_user: float | None) -> None:
+        cfg = self.cfg
+        per_round = max(1, math.ceil(seconds / cfg.rounds))
+        done: dict[str, list[LocustStats]] = {server.kind: [] for server in servers}
+        for number in range(cfg.rounds):
+            for server in servers[number % len(servers):] + servers[:number % len(servers)]:
+                log.info("%s %s, round %d/%d: %d users, %s, %d s", server.kind, mode, number + 1, cfg.rounds,
+                         cfg.users, f"{rate_per_user * cfg.users:.0f} req/s" if rate_per_user else "closed loop",
+                         per_round)
+                try:
+                    stats = self.locust(server, f"{mode}-{number + 1}", per_round, rate_per_user)
+                except HarnessError as exc:
+                    self.problems.append(f"{server.kind} {mode} round {number + 1}: {exc}")
+                    log.error("%s", self.problems[-1])
+                    continue
+                done[server.kind].append(stats)
+                self.record_round(server.kind, mode, number + 1, stats)
+        for server in servers:
+            if done[server.kind]:
+                self.runs.append(run_row(server.kind, mode, done[server.kind], server.size))
+                row = self.runs[-1]
+                log.info("%s %s: %.0f req/s, p50 %.2f ms, p99 %.2f ms, %d/%d failed, server CPU %s%%, Locust CPU %s%%",
+                         server.kind, mode, row["rps"], row["p50_ms"], row["p99_ms"], row["failures"],
+                         row["requests"], _pct(row["server_cpu"]), _pct(row["locust_cpu"]))
+
+    def locust(self, server: Server, label: str, seconds: int, rate_per_user: float | None) -> LocustStats:
+        return run_locust(server.url, self.raw / f"{server.kind}-{label}", users=self.cfg.users, seconds=seconds,
+                          env=self.locust_env(server.kind, rate_per_user), core=self.cfg.locust_core,
+                          server_pid=server.pid)
+
+    def record_round(self, kind: str, mode: str, number: int, stats: LocustStats) -> None:
+        self.rounds.append({"bundle": kind, "mode": mode, "round": number, "rps": stats.rps,
+                            "p50_ms": stats.p50_ms, "p99_ms": stats.p99_ms, "requests": stats.requests,
+                            "failures": stats.failures, "server_cpu": stats.server_cpu,
+                            "locust_cpu": stats.locust_cpu})
         if stats.failures or stats.exit_code:
-            self.problems.append(f"{kind} {mode}: {stats.failures} failed requests, Locust exit {stats.exit_code} "
-                                 f"(see {self.raw / f'{kind}-{mode}'}_failures.csv)")
+            self.problems.append(f"{kind} {mode} round {number}: {stats.failures} failed requests, Locust exit "
+                                 f"{stats.exit_code} (see {self.raw / f'{kind}-{mode}-{number}'}_failures.csv)")
 
     def summary(self) -> dict:
         def rps(kind: str, mode: str) -> float | None:
@@ -162,16 +219,23 @@ class Comparison:
                        "p99_fixed": _ratio(p99("compressed"), p99("teacher")),
                        "of_ceiling": _ratio(rps("compressed", "max"), rps("ceiling", "max"))},
             "settings": {"users": cfg.users, "max_seconds": cfg.max_seconds, "fixed_seconds": cfg.fixed_seconds,
-                         "warmup_seconds": cfg.warmup_seconds, "fixed_rps_target": self.fixed_rps,
-                         "fixed_fraction": cfg.fixed_fraction, "server_core": cfg.server_core,
-                         "locust_core": cfg.locust_core, "workers": 1, "traffic": "/recommend k=10, ~10% unknown users",
+                         "rounds": cfg.rounds, "warmup_seconds": cfg.warmup_seconds,
+                         "fixed_rps_target": self.fixed_rps, "fixed_fraction": cfg.fixed_fraction,
+                         "server_core": cfg.server_core, "locust_core": cfg.locust_core, "workers": 1,
+                         "traffic": "/recommend k=10, ~10% unknown users",
                          "teacher": str(resolve_bundle(cfg.teacher)), "compressed": str(resolve_bundle(cfg.compressed)),
                          "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                          "cpus": os.cpu_count(), "load_average_at_start": self.load_at_start,
                          "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
                          "python": platform.python_version()},
+            "rounds": self.rounds,
             "problems": self.problems,
         }
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [value for value in values if value is not None and not math.isnan(value)]
+    return statistics.median(present) if present else None
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -195,14 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     comparison = Comparison(cfg)
     with tempfile.TemporaryDirectory(prefix="loadtest-events-") as events_dir:
-        for kind, bundle in zip(KINDS, (cfg.teacher, cfg.compressed, cfg.compressed), strict=True):
-            try:
-                comparison.measure(kind, bundle, Path(events_dir))
-            except HarnessError as exc:
-                comparison.problems.append(f"{kind}: {exc}")
-                log.error("%s: %s", kind, exc)
-                if comparison.fixed_rps is None:
-                    break  # without the teacher's maximum there is no fixed rate to compare at
+        try:
+            comparison.run(Path(events_dir))
+        except HarnessError as exc:
+            comparison.problems.append(str(exc))
+            log.error("%s", exc)
     paths = write_summary(comparison.summary(), cfg.out)
     log.info("wrote %s", ", ".join(str(path) for path in paths))
     for problem in comparison.problems:

@@ -22,9 +22,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import psutil
 
-from loadtest.latency import AGGREGATED, read_latencies
+from loadtest.latency import AGGREGATED, read_latencies, samples_path
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ class LocustStats:
     server_cpu: float | None = None
     server_rss_mb: float | None = None
     latency_source: str = "locust-csv"
+    samples: np.ndarray | None = None  # every response time (ms), when the locustfile recorded them
 
 
 def parse_stats_csv(path: Path, name: str = AGGREGATED) -> dict[str, float]:
@@ -228,4 +230,6 @@ def run_locust(host: str, prefix: Path, *, users: int, seconds: int, env: dict[s
         if exact:
             stats.p50_ms, stats.p95_ms, stats.p99_ms = exact["p50_ms"], exact["p95_ms"], exact["p99_ms"]
             stats.max_ms, stats.latency_source = exact["max_ms"], "locust-request-events"
+        if samples_path(latencies).exists():
+            stats.samples = np.load(samples_path(latencies))
     return stats

@@ -42,18 +42,29 @@ class LatencyRecorder:
         out = {}
         for name, samples in self._samples.items():
             values = np.frombuffer(samples, dtype=np.float64)
-            row = {key: float(np.percentile(values, q)) for key, q in PERCENTILES.items()}
-            out[name] = {"count": int(len(values)), **row, "max_ms": float(values.max()),
-                         "mean_ms": float(values.mean())}
+            out[name] = {"count": int(len(values)), **percentiles(values), "mean_ms": float(values.mean())}
         return out
 
     def write(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(self.summary(), indent=2, sort_keys=True))
+        """Percentiles per name to ``path`` (JSON), every aggregated sample beside it (``.npy``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.summary(), indent=2, sort_keys=True))
+        np.save(samples_path(path), np.frombuffer(self._samples.get(AGGREGATED, array("d")), dtype=np.float64))
+
+
+def samples_path(path: str | Path) -> Path:
+    return Path(path).with_suffix(".npy")
 
 
 def read_latencies(path: str | Path) -> dict[str, dict[str, float]]:
     return json.loads(Path(path).read_text())
+
+
+def percentiles(samples: np.ndarray) -> dict[str, float]:
+    """p50/p95/p99/max in ms of pooled samples (e.g. several rounds of one phase)."""
+    return {**{key: float(np.percentile(samples, q)) for key, q in PERCENTILES.items()},
+            "max_ms": float(samples.max())}
 
 
 def write_final_csv(environment: Environment) -> None:

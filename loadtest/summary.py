@@ -21,13 +21,16 @@ def _mb(size: int | None) -> str:
 
 def markdown(summary: dict) -> str:
     settings, ratios = summary.get("settings", {}), summary["ratios"]
+    rounds = settings.get("rounds", 1)
     lines = [f"# Load test: {summary['dataset']}", "",
              f"One uvicorn worker per server on core {settings.get('server_core')}, Locust on core "
              f"{settings.get('locust_core')}, {settings.get('users')} users, traffic {settings.get('traffic')}. "
-             f"`max`: closed loop, no think time, {settings.get('max_seconds')} s. `fixed`: "
+             f"`max`: closed loop, no think time, {settings.get('max_seconds')} s per server. `fixed`: "
              f"{_num(settings.get('fixed_rps_target'), 0)} req/s ({settings.get('fixed_fraction', 0):.0%} of the "
-             f"teacher's max), {settings.get('fixed_seconds')} s. Each after a {settings.get('warmup_seconds')} s "
-             "warm-up; stats reset once all users run. Latencies are client-side (Locust), exact to the µs. "
+             f"teacher's max), {settings.get('fixed_seconds')} s per server, each user paced from a random phase. "
+             f"Each phase runs in {rounds} rounds visiting the servers in rotating order: req/s and CPU are "
+             "medians over rounds, latency percentiles pool all rounds (client-side, exact to the µs). "
+             f"A {settings.get('warmup_seconds')} s warm-up per server first; stats reset once all users run. "
              f"Machine load average {settings.get('load_average_at_start')} at start, "
              f"{settings.get('load_average_at_end')} at end ({settings.get('cpus')} CPUs): other work on the "
              "machine lowers every number here.", "",
@@ -69,6 +72,13 @@ def _notes(summary: dict) -> list[str]:
         if run["mode"] == "fixed" and target and run["rps"] < 0.95 * target:
             notes.append(f"{run['bundle']} did not sustain the fixed rate ({run['rps']:.0f} of {target:.0f} "
                          "req/s): its latencies include queueing.")
+    for mode, key, unit in (("max", "rps", "req/s"), ("fixed", "p99_ms", "ms p99")):
+        spread = {kind: [r[key] for r in summary.get("rounds", []) if r["bundle"] == kind and r["mode"] == mode]
+                  for kind in ("teacher", "compressed", "ceiling")}
+        if any(len(values) > 1 for values in spread.values()):
+            parts = [f"{kind} {', '.join(_num(v, 0 if key == 'rps' else 1) for v in values)}"
+                     for kind, values in spread.items() if values]
+            notes.append(f"{mode} rounds ({unit}): " + "; ".join(parts) + ".")
     notes += [f"problem: {problem}" for problem in summary.get("problems", [])]
     return notes
 

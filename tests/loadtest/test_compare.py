@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from loadtest.compare import main as compare_main
-from loadtest.harness import parse_stats_csv, pinned
+from loadtest.compare import run_row
+from loadtest.harness import LocustStats, parse_stats_csv, pinned
 from loadtest.summary import markdown
 
 RUN_KEYS = {"bundle", "mode", "rps", "p50_ms", "p95_ms", "p99_ms", "max_ms", "requests", "failures", "server_cpu",
@@ -17,12 +20,15 @@ def test_compare_writes_the_summary(tiny, tmp_path, monkeypatch):
     out = tmp_path / "report"
     code = compare_main(["--teacher", str(tiny.bundles / "teacher"), "--compressed", str(tiny.bundles / "compressed"),
                          "--dataset", "tiny", "--out", str(out), "--users", "4", "--max-seconds", "2",
-                         "--fixed-seconds", "2", "--warmup-seconds", "0"])
+                         "--fixed-seconds", "2", "--rounds", "2", "--warmup-seconds", "0"])
     summary = json.loads((out / "summary.json").read_text())
     assert code == 0, summary["problems"]
     assert summary["dataset"] == "tiny"
     assert [(run["bundle"], run["mode"]) for run in summary["runs"]] == [
-        (kind, mode) for kind in ("teacher", "compressed", "ceiling") for mode in ("max", "fixed")]
+        (kind, mode) for mode in ("max", "fixed") for kind in ("teacher", "compressed", "ceiling")]
+    assert len(summary["rounds"]) == 2 * 3 * 2  # rounds x servers x phases
+    first, second = ([r["bundle"] for r in summary["rounds"][i:i + 3]] for i in (0, 3))
+    assert first == ["teacher", "compressed", "ceiling"] and second == ["compressed", "ceiling", "teacher"]
     for run in summary["runs"]:
         assert set(run) == RUN_KEYS
         assert run["requests"] > 0 and run["failures"] == 0 and run["rps"] > 0
@@ -37,7 +43,8 @@ def test_compare_writes_the_summary(tiny, tmp_path, monkeypatch):
     assert all(run["rps"] < 1.5 * target for run in fixed)  # constant_throughput paces users: not a closed loop
     assert "| compressed | fixed |" in (out / "summary.md").read_text()
     assert (out / "summary.png").stat().st_size > 5000
-    assert (out / "raw" / "compressed-max_stats.csv").exists()
+    assert (out / "raw" / "compressed-max-1_stats.csv").exists()
+    assert "max rounds (req/s): teacher " in (out / "summary.md").read_text()
 
 
 def test_stats_csv_parsing(tmp_path):
@@ -67,3 +74,15 @@ def test_pinning_falls_back_without_taskset(monkeypatch):
     monkeypatch.setattr("loadtest.harness.shutil.which", lambda name: None)
     assert pinned(["python", "-m", "serving"], 0) == ["python", "-m", "serving"]
     assert pinned(["python"], None) == ["python"]
+
+
+def test_rounds_pool_samples_and_take_medians():
+    def stats(rps, samples, cpu):
+        return LocustStats(rps=rps, p50_ms=0, p95_ms=0, p99_ms=0, max_ms=0, requests=len(samples), failures=0,
+                           exit_code=0, locust_cpu=10.0, server_cpu=cpu, server_rss_mb=100.0 + rps,
+                           samples=np.asarray(samples, dtype=float))
+
+    row = run_row("teacher", "max", [stats(100, [1, 2, 3], 50), stats(300, [4, 5], 90), stats(200, [100], 70)], 7)
+    assert row["rps"] == 200 and row["server_cpu"] == 70 and row["server_rss_mb"] == 400
+    assert row["requests"] == 6 and row["max_ms"] == 100 and row["p50_ms"] == 3.5 and row["bundle_bytes"] == 7
+    assert set(row) == RUN_KEYS

@@ -15,7 +15,7 @@ from recsys.bundle import current_version, list_versions
 from recsys.data.events import Event, EventStore
 from tests.loadtest.tiny import ADMIN_TOKEN, ROOT, TRAIN_FAST, serving
 
-FAST_COMPRESS = "--tower-epochs 2 --ranker-epochs 1 --latency-requests 20"
+FAST_COMPRESS = "--student-dim 8 --tower-epochs 2 --ranker-epochs 1 --latency-requests 20"
 
 
 def retrain(tiny, bundles, events_db, *extra: str, token: str | None = None) -> subprocess.CompletedProcess:

@@ -38,14 +38,26 @@ class RowwiseInt8Embedding(nn.Module):
         self.register_buffer("scales", torch.from_numpy(scales))
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
+        index = index.long()  # token ids may come from a narrowed table
         return self.quantized[index].to(torch.float32) * self.scales[index].unsqueeze(-1)
 
 
+def narrowest_int(values: torch.Tensor) -> torch.dtype:
+    """The smallest of int16 / int32 / int64 that holds every value (ids fit int16 in most catalogs)."""
+    peak = int(values.abs().max()) if values.numel() else 0
+    return next(dtype for dtype in (torch.int16, torch.int32, torch.int64) if peak <= torch.iinfo(dtype).max)
+
+
 def with_int8_embeddings(towers: TwoTower) -> TwoTower:
-    """A copy of the towers whose embedding tables are row-wise int8 (the MLPs stay as they are)."""
+    """A copy of the towers whose embedding tables are row-wise int8 and whose item / user token
+    tables use the narrowest integer type (the int64 token table was the user tower's largest
+    array after int8); the MLPs stay as they are."""
     clone = copy.deepcopy(towers).eval()
     for name in ("item_id", "item_feature", "user_id", "user_feature"):
         setattr(clone, name, RowwiseInt8Embedding(getattr(clone, name)))
+    for name in ("item_tokens", "user_tokens"):
+        tokens = getattr(clone, name)
+        setattr(clone, name, tokens.to(narrowest_int(tokens)))
     return clone
 
 

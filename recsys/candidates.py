@@ -34,8 +34,8 @@ def drop_seen(ids: np.ndarray, scores: np.ndarray, seen: sp.csr_matrix, k: int) 
     n_rows, width = ids.shape
     stride = np.int64(max(seen.shape[1], int(ids.max(initial=0)) + 1) + 1)
     rows = np.arange(n_rows, dtype=np.int64)[:, None]
-    coo = seen.tocoo()
-    banned = np.isin(rows * stride + ids, coo.row.astype(np.int64) * stride + coo.col) | (ids < 0)
+    seen_rows = np.repeat(np.arange(seen.shape[0], dtype=np.int64), np.diff(seen.indptr))
+    banned = np.isin(rows * stride + ids, seen_rows * stride + seen.indices) | (ids < 0)
     order = np.argsort(banned, axis=1, kind="stable")[:, :k]
     kept_ids = np.take_along_axis(ids, order, axis=1)
     kept_scores = np.take_along_axis(scores, order, axis=1).astype(np.float32)

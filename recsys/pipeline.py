@@ -24,11 +24,12 @@ import scipy.sparse as sp
 
 from recsys.candidates import drop_seen, history_inputs, search_excluding
 from recsys.data.idmap import IdMap
-from recsys.ranking_features import FeatureTables, build_features, slice_context
-from recsys.recommender import History, Recommender, as_seen, topk_from_scores
+from recsys.ranking_features import FeatureTables, UserSide, build_features, slice_context
+from recsys.recommender import History, Recommender, as_seen, csr_rows, topk_from_scores
 
 UserEncoder = Callable[[np.ndarray, np.ndarray], np.ndarray]
 CandidateScorer = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+UserSideSource = Callable[[np.ndarray, History], UserSide | None]
 
 N_CANDIDATES = 200
 STAGES = ("user_tower", "ann", "features", "ranker", "total")
@@ -112,6 +113,8 @@ class Pipeline:
     items: IdMap | None = None
     history: History | None = None  # stored history of known users, for the external-id API
     batch_size: int = 256
+    # (users, their history rows) -> the features' UserSide, or None to compute it (e.g. a cache).
+    user_side: UserSideSource | None = None
 
     def __post_init__(self):
         if self.score_candidates is not None and self.feature_tables is None:
@@ -166,13 +169,17 @@ class Pipeline:
         ids = np.full((len(users), k), -1, dtype=np.int64)
         scores = np.full((len(users), k), -np.inf, dtype=np.float32)
         personal = np.flatnonzero(~fallback)
+        if len(personal) == len(users):
+            part, part_banned = rows, banned
+        elif len(personal):
+            part = History(csr_rows(rows.seen, personal), rows.recent[personal])
+            part_banned = csr_rows(banned, personal)
         if len(personal):
-            part = rows if len(personal) == len(users) else History(rows.seen[personal], rows.recent[personal])
             ids[personal], scores[personal] = self._personal(
-                users[personal], part, k, banned[personal], n_candidates,
+                users[personal], part, k, part_banned, n_candidates,
                 slice_context(context, personal), _Clock(timings))
         if fallback.any():
-            ids[fallback], scores[fallback] = self._popular(k, banned[np.flatnonzero(fallback)])
+            ids[fallback], scores[fallback] = self._popular(k, csr_rows(banned, np.flatnonzero(fallback)))
         if timings is not None:
             timings["total"] = timings.get("total", 0.0) + time.perf_counter() - started
         return ids, scores, fallback
@@ -193,7 +200,9 @@ class Pipeline:
         if not self.has_ranker:
             return cands[:, :k], cand_scores[:, :k]
         cand_vecs = self.item_vectors[np.maximum(cands, 0)]
-        dense = build_features(self.feature_tables, rows, cands, cand_scores, cand_vecs, self.item_vectors, context)
+        user = self.user_side(users, rows) if self.user_side is not None else None
+        dense = build_features(self.feature_tables, rows, cands, cand_scores, cand_vecs, self.item_vectors, context,
+                               user=user)
         clock.lap("features")
         ranked = np.asarray(self.score_candidates(user_vec, cand_vecs, dense), dtype=np.float32)
         ranked = np.where(cands >= 0, ranked, -np.inf)

@@ -15,7 +15,7 @@ start of the request's time bin, so offline features never use interactions afte
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -32,6 +32,7 @@ RECENT_FOR_OVERLAP = 5  # most recent items whose tokens / vectors the candidate
 RECENT_FOR_COOC = 5
 COOC_DECAY = 0.7  # weight of the j-th most recent item's neighbours: decay ** j
 TREND_BINS = 2  # "recent" item traffic = the last this-many time bins before the request
+TIME_FEATURE_CACHE = 4  # time columns whose per-item features are kept (serving reads one)
 MAX_TIME_CELLS = 20_000_000  # n_items * n_bins cap for the cumulative count table
 # Timestamps at or above this look like unix seconds, i.e. comparable across users; Instacart's
 # per-user pseudo-time (order_number * 1000 + cart position) does not, and gets no time features.
@@ -67,6 +68,36 @@ class FeatureTables:
     def time_totals(self) -> np.ndarray:
         """[n_bins + 1] interactions of all items before each time edge."""
         return self.item_time_counts.sum(0, dtype=np.float64)
+
+    def time_features_at(self, col: int) -> np.ndarray:
+        """[n_items, 3] `item_time_features` of every item at one column, kept for reuse."""
+        cache = self.__dict__.setdefault("_time_features_at", {})
+        if col not in cache:
+            if len(cache) >= TIME_FEATURE_CACHE:
+                del cache[next(iter(cache))]
+            items = np.arange(self.n_items)
+            cache[col] = item_time_features(self, items, np.full(self.n_items, col))
+        return cache[col]
+
+    @cached_property
+    def field_labels(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per affinity field: [n_items, W_f] the item's labels of that field in slot order (0 =
+        none; the profile's column 0 is 0) and [n_items] how many it has (at least 1)."""
+        out = []
+        for field_index in range(len(self.affinity_fields)):
+            mask = (self.affinity_labels > 0) & (self.label_field[self.affinity_labels] == field_index)
+            width = max(int(mask.sum(1).max(initial=0)), 1)
+            slot = np.cumsum(mask, axis=1) - 1
+            labels = np.zeros((self.n_items, width), dtype=self.affinity_labels.dtype)
+            item, position = np.nonzero(mask)
+            labels[item, slot[item, position]] = self.affinity_labels[item, position]
+            out.append((labels, np.maximum(mask.sum(1), 1).astype(np.float64)))
+        return out
+
+    @cached_property
+    def item_first_edge(self) -> np.ndarray:
+        """[n_items] first time edge with any interaction before it (0 for items never seen)."""
+        return (self.item_time_counts > 0).argmax(1)
 
     def feature_names(self) -> list[str]:
         names = ["retrieval_score", "retrieval_rank", "score_gap", "item_log_count", "user_history_len",
@@ -220,12 +251,45 @@ def slice_context(context: dict | None, rows: slice | np.ndarray) -> dict | None
 
 
 @dataclass
-class _Request:
-    """Per-row arrays derived once from History and context."""
+class UserSide:
+    """What the features need from the users' histories alone, for a batch of rows.
 
-    recent: np.ndarray  # [B, L] item indices, -1 = padding, most recent last
-    history_len: np.ndarray  # [B]
-    context: dict = field(default_factory=dict)
+    It does not depend on the candidates or the request context, so serving computes it once per
+    known user (whose stored history does not change while a bundle is loaded) and reuses it.
+    Sorted lookup keys are ``row * n + value`` for the batch's rows, so an instance only fits the
+    batch it was built for.
+    """
+
+    history_len: np.ndarray  # [B] float64 seen items
+    user_pop: np.ndarray  # [B, 1] mean log-popularity of the recent items
+    recent_vecs: np.ndarray  # [B, J] x D vectors of the last few items
+    recent_valid: np.ndarray  # [B, J] bool
+    cooc_keys: np.ndarray  # sorted row * n_items + neighbour item
+    cooc_sums: np.ndarray  # decayed neighbour weight per key
+    affinity_profile: np.ndarray | None  # [B, n_labels] share of recent items carrying each label
+    token_keys: np.ndarray | None  # sorted unique row * vocab + token of the last few items
+
+
+def user_side(tables: FeatureTables, history: History, item_vectors: np.ndarray) -> UserSide:
+    recent = history.recent
+    recent_valid = recent >= 0
+    user_pop = (np.where(recent_valid, tables.item_log_count[np.maximum(recent, 0)], 0.0).sum(1)
+                / np.maximum(recent_valid.sum(1), 1))[:, None]
+    last = recent[:, -RECENT_FOR_OVERLAP:]
+    keys, sums = _cooccurrence_sums(tables, recent)
+    return UserSide(history_len=np.diff(history.seen.indptr).astype(np.float64), user_pop=user_pop,
+                    recent_vecs=item_vectors[np.maximum(last, 0)], recent_valid=last >= 0,
+                    cooc_keys=keys, cooc_sums=sums,
+                    affinity_profile=_affinity_profile(tables, recent) if tables.affinity_fields else None,
+                    token_keys=_token_keys(tables, recent) if tables.token_vocab > 1 else None)
+
+
+def _lookup_sorted(keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(found mask, position) of each ``query`` value in the sorted array ``keys``."""
+    if len(keys) == 0:
+        return np.zeros(query.shape, dtype=bool), np.zeros(query.shape, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return keys[pos] == query, pos
 
 
 def _context_column(context: dict, name: str, rows: int, default: float = np.nan) -> np.ndarray:
@@ -233,8 +297,7 @@ def _context_column(context: dict, name: str, rows: int, default: float = np.nan
     return np.broadcast_to(np.asarray(value, dtype=np.float64), (rows,)).astype(np.float64)
 
 
-def _affinity(tables: FeatureTables, recent: np.ndarray, cands: np.ndarray) -> list[np.ndarray]:
-    """Per field: mean over the candidate's labels of the share of recent items carrying that label."""
+def _affinity_profile(tables: FeatureTables, recent: np.ndarray) -> np.ndarray:
     n_rows = len(recent)
     n_labels = len(tables.label_field)
     valid = recent >= 0
@@ -244,84 +307,100 @@ def _affinity(tables: FeatureTables, recent: np.ndarray, cands: np.ndarray) -> l
     profile = profile.reshape(n_rows, n_labels).astype(np.float32)
     profile[:, 0] = 0.0
     profile /= np.maximum(valid.sum(1), 1)[:, None]
-    cand_labels = tables.affinity_labels[cands]  # [B, C, W]
-    share = np.take_along_axis(profile, cand_labels.reshape(n_rows, -1), axis=1).reshape(cand_labels.shape)
-    cand_field = tables.label_field[cand_labels]
-    out = []
-    for field_index in range(len(tables.affinity_fields)):
-        mask = (cand_labels > 0) & (cand_field == field_index)
-        out.append((share * mask).sum(-1) / np.maximum(mask.sum(-1), 1))
-    return out
+    return profile
 
 
-def _token_overlap(tables: FeatureTables, recent: np.ndarray, cands: np.ndarray) -> np.ndarray:
-    """Share of the candidate's tokens that also occur among the user's last few items."""
+def _affinity(tables: FeatureTables, profile: np.ndarray, cands: np.ndarray) -> list[np.ndarray]:
+    """Per field: mean over the candidate's labels of the share of recent items carrying that label."""
+    rows = np.arange(len(cands))[:, None, None]
+    return [profile[rows, labels[cands]].sum(-1) / counts[cands] for labels, counts in tables.field_labels]
+
+
+def _token_keys(tables: FeatureTables, recent: np.ndarray) -> np.ndarray:
     last = recent[:, -RECENT_FOR_OVERLAP:]
     tokens = np.where((last >= 0)[..., None], tables.item_tokens[np.maximum(last, 0)], 0)
     rows = np.arange(len(recent), dtype=np.int64)
-    vocab = np.int64(tables.token_vocab)
-    recent_keys = (rows[:, None, None] * vocab + tokens)[tokens > 0]
+    return np.unique((rows[:, None, None] * np.int64(tables.token_vocab) + tokens)[tokens > 0])
+
+
+def _token_overlap(tables: FeatureTables, token_keys: np.ndarray, cands: np.ndarray) -> np.ndarray:
+    """Share of the candidate's tokens that also occur among the user's last few items."""
+    rows = np.arange(len(cands), dtype=np.int64)
     cand_tokens = tables.item_tokens[cands]  # [B, C, W]
-    present = np.isin(rows[:, None, None] * vocab + cand_tokens, recent_keys) & (cand_tokens > 0)
-    return present.sum(-1) / np.maximum((cand_tokens > 0).sum(-1), 1)
+    found, _ = _lookup_sorted(token_keys, rows[:, None, None] * np.int64(tables.token_vocab) + cand_tokens)
+    real = cand_tokens > 0
+    return (found & real).sum(-1) / np.maximum(real.sum(-1), 1)
 
 
-def _cooccurrence(tables: FeatureTables, recent: np.ndarray, cands: np.ndarray) -> np.ndarray:
-    """Sum over the last few items of the candidate's neighbour weight, most recent weighted most."""
+def _cooccurrence_sums(tables: FeatureTables, recent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted keys (row * n_items + item) of the last few items' neighbours and their decayed weights."""
     last = recent[:, -RECENT_FOR_COOC:]
     decay = COOC_DECAY ** np.arange(last.shape[1] - 1, -1, -1, dtype=np.float32)  # most recent -> 1
     nbrs = tables.neighbors[np.maximum(last, 0)]  # [B, J, M]
     weights = tables.neighbor_weights[np.maximum(last, 0)] * decay[None, :, None]
     valid = (last >= 0)[..., None] & (nbrs >= 0)
     rows = np.broadcast_to(np.arange(len(recent), dtype=np.int64)[:, None, None], nbrs.shape)
-    n_items = np.int64(tables.n_items)
-    keys, inverse = np.unique((rows * n_items + nbrs)[valid], return_inverse=True)
-    sums = np.bincount(inverse, weights=weights[valid])
-    query = np.arange(len(recent), dtype=np.int64)[:, None] * n_items + cands
-    pos = np.minimum(np.searchsorted(keys, query), max(len(keys) - 1, 0))
-    found = (keys[pos] == query) if len(keys) else np.zeros(query.shape, dtype=bool)
-    return np.where(found, sums[pos] if len(keys) else 0.0, 0.0)
+    keys, inverse = np.unique((rows * np.int64(tables.n_items) + nbrs)[valid], return_inverse=True)
+    return keys, np.bincount(inverse, weights=weights[valid], minlength=len(keys))
 
 
-def _similarity(item_vectors: np.ndarray, cand_vecs: np.ndarray, recent: np.ndarray) -> tuple[np.ndarray, ...]:
-    last = recent[:, -RECENT_FOR_OVERLAP:]
-    vecs = item_vectors[np.maximum(last, 0)]  # [B, J, D]
-    sims = np.einsum("bcd,bjd->bcj", cand_vecs, vecs)
-    valid = (last >= 0)[:, None, :]
+def _cooccurrence(tables: FeatureTables, user: UserSide, cands: np.ndarray) -> np.ndarray:
+    """Sum over the last few items of the candidate's neighbour weight, most recent weighted most."""
+    query = np.arange(len(cands), dtype=np.int64)[:, None] * np.int64(tables.n_items) + cands
+    found, pos = _lookup_sorted(user.cooc_keys, query)
+    return np.where(found, user.cooc_sums[pos] if len(user.cooc_keys) else 0.0, 0.0)
+
+
+def _similarity(user: UserSide, cand_vecs: np.ndarray) -> tuple[np.ndarray, ...]:
+    sims = np.einsum("bcd,bjd->bcj", cand_vecs, user.recent_vecs)
+    valid = user.recent_valid[:, None, :]
     sim_last = np.where(valid[..., -1], sims[..., -1], 0.0)
     sim_max = np.where(valid.any(-1), np.where(valid, sims, -np.inf).max(-1), 0.0)
     return sim_last, sim_max
+
+
+def _time_columns(tables: FeatureTables, context: dict, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Request time per row and the time-count column it reads: interactions before its own bin."""
+    edges = tables.time_edges
+    now = _context_column(context, TIMESTAMP, n_rows)
+    now = np.where(np.isnan(now), edges[-1], now)
+    return now, np.clip(np.searchsorted(edges, now, side="right") - 1, 0, len(edges) - 1)
+
+
+def item_time_features(tables: FeatureTables, items: np.ndarray, col: np.ndarray) -> np.ndarray:
+    """[..., 3] item popularity and trend as of time-count column ``col`` (broadcast with
+    ``items``), and the item's age in bins (-1 before its first interaction)."""
+    cum = tables.item_time_counts
+    before = cum[items, col].astype(np.float64)
+    window_start = np.maximum(col - TREND_BINS, 0)
+    recent = before - cum[items, window_start]
+    total_before = tables.time_totals[col]
+    total_recent = total_before - tables.time_totals[window_start]
+    pop_asof = np.log((before + 1.0) / (total_before + tables.n_items))
+    trend = np.log((recent + 1.0) / (total_recent + tables.n_items)) - pop_asof
+    age = np.where(before > 0, np.maximum(col - tables.item_first_edge[items], 0), -1).astype(np.float64)
+    return np.stack([pop_asof, trend, age], axis=-1)
 
 
 def _time_features(tables: FeatureTables, cands: np.ndarray, context: dict,
                    history_len: np.ndarray) -> list[np.ndarray]:
     """Item popularity and trend as of the request's time bin, item age, user's time gap."""
     n_rows = len(cands)
-    edges, cum = tables.time_edges, tables.item_time_counts
-    n_bins = len(edges) - 1
-    now = _context_column(context, TIMESTAMP, n_rows)
-    now = np.where(np.isnan(now), edges[-1], now)
-    # Column b of cum counts interactions before edge b; the request's own bin is left out.
-    col = np.clip(np.searchsorted(edges, now, side="right") - 1, 0, n_bins)[:, None]
-    before = cum[cands, np.broadcast_to(col, cands.shape)].astype(np.float64)
-    window_start = np.maximum(col - TREND_BINS, 0)
-    recent = before - cum[cands, np.broadcast_to(window_start, cands.shape)]
-    total_before = tables.time_totals[col]  # [B, 1]
-    total_recent = total_before - tables.time_totals[window_start]
-    n_items = tables.n_items
-    pop_asof = np.log((before + 1.0) / (total_before + n_items))
-    trend = np.log((recent + 1.0) / (total_recent + n_items)) - pop_asof
-    first_col = (cum[cands] > 0).argmax(-1)  # [B, C] first edge with any interaction
-    age = np.where(before > 0, np.maximum(col - first_col, 0), -1).astype(np.float64)
+    now, col = _time_columns(tables, context, n_rows)
+    if n_rows and (col == col[0]).all():  # e.g. serving: every request reads the latest column
+        items = tables.time_features_at(int(col[0]))[cands]
+    else:
+        items = item_time_features(tables, cands, np.broadcast_to(col[:, None], cands.shape))
     last = _context_column(context, LAST_TIMESTAMP, n_rows)
     gap = np.where(np.isnan(last) | (last < 0) | np.isnan(now), 0.0, np.log1p(np.maximum(now - last, 0)))
     gap = np.where(history_len > 0, gap, 0.0)
-    return [pop_asof, trend, age, np.broadcast_to(gap[:, None], cands.shape)]
+    return [items[..., 0], items[..., 1], items[..., 2], np.broadcast_to(gap[:, None], cands.shape)]
 
 
 def build_features(tables: FeatureTables, history: History, cands: np.ndarray, scores: np.ndarray,
                    cand_vecs: np.ndarray, item_vectors: np.ndarray, context: dict | None = None,
-                   ranks: np.ndarray | None = None, top_scores: np.ndarray | None = None) -> np.ndarray:
+                   ranks: np.ndarray | None = None, top_scores: np.ndarray | None = None,
+                   user: UserSide | None = None) -> np.ndarray:
     """[B, C, F] float32 features in ``tables.feature_names()`` order.
 
     ``history`` rows, ``cands`` ([B, C] item indices, -1 = empty slot), ``scores`` (their
@@ -329,10 +408,11 @@ def build_features(tables: FeatureTables, history: History, cands: np.ndarray, s
     ``item_vectors[cands]`` (the ranker needs them too, so they come in). By default the
     candidates are the retrieval list in order; training lists mixing retrieved and random items
     pass each one's retrieval ``ranks`` and the user's ``top_scores`` (best retrieval score).
+    ``user`` is `user_side` of these rows when the caller already has it.
     """
     context = context or {}
     n_rows, n_cands = cands.shape
-    recent = history.recent
+    user = user if user is not None else user_side(tables, history, item_vectors)
     safe = np.maximum(cands, 0)
     finite = np.isfinite(scores)
     clean = np.where(finite, scores, 0.0)
@@ -340,26 +420,24 @@ def build_features(tables: FeatureTables, history: History, cands: np.ndarray, s
         top_scores = np.where(finite.any(1), np.where(finite, scores, -np.inf).max(1), 0.0)
     if ranks is None:
         ranks = np.broadcast_to(np.arange(n_cands), (n_rows, n_cands))
-    history_len = np.diff(history.seen.indptr).astype(np.float64)
-    recent_valid = recent >= 0
     item_pop = tables.item_log_count[safe]
-    user_pop = (np.where(recent_valid, tables.item_log_count[np.maximum(recent, 0)], 0.0).sum(1)
-                / np.maximum(recent_valid.sum(1), 1))[:, None]
-    sim_last, sim_max = _similarity(item_vectors, cand_vecs, recent)
+    sim_last, sim_max = _similarity(user, cand_vecs)
     columns = [clean, np.log1p(ranks), np.where(finite, clean - np.asarray(top_scores)[:, None], 0.0),
-               item_pop, np.broadcast_to(np.log1p(history_len)[:, None], (n_rows, n_cands)),
-               np.broadcast_to(user_pop, (n_rows, n_cands)), item_pop - user_pop,
-               _cooccurrence(tables, recent, safe), sim_last, sim_max]
-    if tables.affinity_fields:
-        columns += _affinity(tables, recent, safe)
-    if tables.token_vocab > 1:
-        columns.append(_token_overlap(tables, recent, safe))
+               item_pop, np.broadcast_to(np.log1p(user.history_len)[:, None], (n_rows, n_cands)),
+               np.broadcast_to(user.user_pop, (n_rows, n_cands)), item_pop - user.user_pop,
+               _cooccurrence(tables, user, safe), sim_last, sim_max]
+    if user.affinity_profile is not None:
+        columns += _affinity(tables, user.affinity_profile, safe)
+    if user.token_keys is not None:
+        columns.append(_token_overlap(tables, user.token_keys, safe))
     if tables.has_time:
-        columns += _time_features(tables, safe, context, history_len)
+        columns += _time_features(tables, safe, context, user.history_len)
     for name in tables.context_columns:
         value = np.nan_to_num(_context_column(context, name, n_rows), nan=-1.0)
         columns.append(np.broadcast_to(value[:, None], (n_rows, n_cands)))
-    out = np.stack([np.asarray(c, dtype=np.float32) for c in columns], axis=-1)
+    out = np.empty((n_rows, n_cands, len(columns)), dtype=np.float32)
+    for position, column in enumerate(columns):
+        out[..., position] = column
     if tables.disabled:
         names = tables.feature_names()
         out[..., [names.index(name) for name in tables.disabled]] = 0.0

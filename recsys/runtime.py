@@ -20,12 +20,14 @@ import onnxruntime as ort
 from recsys.bundle import Manifest, load_manifest, resolve_bundle
 from recsys.bundle_content import INDEX_DIR, RANKER, USER_TOWER, BundleContent, load_content
 from recsys.index import load_index, search, set_faiss_threads
-from recsys.pipeline import Pipeline, PipelineRecommender
-from recsys.ranking_features import FeatureTables
+from recsys.pipeline import Pipeline, PipelineRecommender, items_csr, request_rows
+from recsys.ranking_features import FeatureTables, UserSide, user_side
+from recsys.recommender import History
 
 log = logging.getLogger(__name__)
 
 PRECOMPUTE_BATCH = 4096
+USER_CACHE = 50_000  # known users whose history rows and feature user side are kept (a few kB each)
 
 
 class UnknownItemError(KeyError):
@@ -91,6 +93,43 @@ class CachedUserEncoder:
         return out
 
 
+class BoundedCache:
+    """A dict of at most ``max_items`` entries; the oldest goes first (cheap, and hot keys return)."""
+
+    def __init__(self, max_items: int):
+        self.max_items = max_items
+        self.entries: dict = {}
+
+    def get(self, key, make):
+        entry = self.entries.get(key)
+        if entry is None:
+            if len(self.entries) >= self.max_items:
+                del self.entries[next(iter(self.entries))]
+            entry = self.entries[key] = make()
+        return entry
+
+
+class CachedUserSide:
+    """The ranking features' user side of known users, computed on first use and kept (bounded).
+
+    Only single-row batches whose rows are the user's stored history qualify: a caller that
+    appended new items to the history gets a fresh computation."""
+
+    def __init__(self, pipeline: Pipeline, max_users: int = USER_CACHE):
+        self.pipeline = pipeline
+        self.cache = BoundedCache(max_users)
+
+    def __call__(self, users: np.ndarray, rows: History) -> UserSide | None:
+        stored = self.pipeline.history
+        if len(users) != 1 or stored is None or not 0 <= users[0] < len(stored.recent):
+            return None
+        user = int(users[0])
+        if not (np.array_equal(rows.recent[0], stored.recent[user])
+                and rows.seen.indptr[1] == stored.seen.indptr[user + 1] - stored.seen.indptr[user]):
+            return None
+        return self.cache.get(user, lambda: user_side(self.pipeline.feature_tables, rows, self.pipeline.item_vectors))
+
+
 def bundle_pipeline(bundle_dir: Path, content: BundleContent, threads: int = 1,
                     precompute_users: bool = False) -> Pipeline:
     """The bundle's ONNX Runtime + FAISS stages wired into the one recommend path."""
@@ -106,6 +145,8 @@ def bundle_pipeline(bundle_dir: Path, content: BundleContent, threads: int = 1,
                         users=content.users, items=content.items, history=content.history)
     if precompute_users:
         pipeline.encode_users = CachedUserEncoder(encoder, precompute_user_vectors(pipeline, encoder))
+        if has_ranker:
+            pipeline.user_side = CachedUserSide(pipeline)
     return pipeline
 
 
@@ -131,6 +172,7 @@ class ServingModel:
         self.pipeline = bundle_pipeline(bundle_dir, content, threads, precompute_users)
         self.n_candidates = int(self.runtime.get("n_candidates", 200))
         self.titles = self._title_array(content)
+        self._rows = BoundedCache(USER_CACHE)  # key -1: the unknown user's empty rows
 
     @property
     def version(self) -> str:
@@ -162,20 +204,20 @@ class ServingModel:
 
     def recommend(self, user_id, k: int, exclude=()) -> Recommendation:
         timings: dict[str, float] = {}
-        user = self.content.users.to_index([user_id], missing=-1)
+        user = np.array([self.content.users.index_of(user_id)], dtype=np.int64)
         exclude_rows = None
         if len(exclude):
-            from recsys.pipeline import items_csr
-
             excluded = self.item_index(exclude)
             exclude_rows = items_csr([excluded[excluded >= 0]], self.pipeline.n_items)
-        ids, scores, fallback = self.pipeline.recommend(user, k, self.pipeline.history, True, exclude_rows,
-                                                        self.n_candidates, None, timings)
+        # What `Pipeline.recommend` does for one user, with the known user's history rows kept.
+        rows = self._rows.get(int(user[0]), lambda: request_rows(self.pipeline.history, user, self.pipeline.n_items,
+                                                                 self.pipeline.history_len))
+        ids, scores, fallback = self.pipeline.recommend_rows(user, rows, k, True, exclude_rows, self.n_candidates,
+                                                             None, timings)
         return self._result(ids[0], scores[0], "popular" if fallback[0] else None, timings)
 
     def similar(self, item_id, k: int) -> Recommendation:
         from recsys.candidates import drop_seen
-        from recsys.pipeline import items_csr
 
         item = int(self.item_index([item_id])[0])
         if item < 0:

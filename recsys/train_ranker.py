@@ -59,7 +59,8 @@ EXAMPLE_BATCH = 512
 
 @dataclass
 class RankerTrainConfig:
-    loss: str = "auto"  # softmax | bce | auto (train both, keep the better on validation)
+    # softmax won on ml-100k (0.1493 vs 0.1463 valid NDCG@10); "auto" trains both and keeps the better.
+    loss: str = "softmax"  # softmax | bce | auto
     epochs: int = 20
     batch_size: int = 64  # candidate lists per step
     lr: float = 1e-3

@@ -89,6 +89,15 @@ class TwoTower(nn.Module):
         tokens = self.item_tokens[items1]
         return self.item_id(items1) + masked_mean(self.item_feature(tokens), tokens > 0)
 
+    def _history_base(self, history1: torch.Tensor) -> torch.Tensor:
+        """`item_base` of every history slot. A training batch repeats the same items many times,
+        so embedding each distinct item once and gathering is ~3x faster per step; the exported
+        graph keeps the plain gather (no Unique op on the request path)."""
+        if torch.onnx.is_in_onnx_export() or history1.numel() < 4096:
+            return self.item_base(history1)
+        distinct, position = torch.unique(history1, return_inverse=True)
+        return self.item_base(distinct)[position]
+
     def item_vectors(self, items1: torch.Tensor) -> torch.Tensor:
         base = self.item_base(items1)
         return F.normalize(base + self.item_mlp(base), dim=-1)
@@ -96,7 +105,7 @@ class TwoTower(nn.Module):
     def user_vectors(self, users1: torch.Tensor, history1: torch.Tensor) -> torch.Tensor:
         """``history1``: [B, history_len] item index + 1, most recent last, 0 = padding."""
         mask = history1 > 0
-        items = self.item_base(history1)
+        items = self._history_base(history1)
         positions = torch.arange(history1.shape[1], device=history1.device)
         keyed = items + self.position(positions.flip(0))  # position 0 = most recent
         logits = self.attention(keyed).squeeze(-1).masked_fill(~mask, -1e4)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from recsys.metrics import topk_metrics
+from recsys.recommender import topk_from_scores
 
 
 def test_hand_computed_case():
@@ -34,3 +35,16 @@ def test_shape_errors_are_clear():
         topk_metrics(np.zeros((2, 5), dtype=int), np.zeros(2, dtype=int), 10)
     with pytest.raises(ValueError, match="aligned"):
         topk_metrics(np.zeros((2, 20), dtype=int), np.zeros(3, dtype=int), 10)
+
+
+def test_topk_breaks_ties_at_the_cut_by_lower_index():
+    rng = np.random.default_rng(0)
+    scores = np.zeros((3, 5000), dtype=np.float32)  # long runs of ties: SIMD partition kernels reorder them
+    scores[0, [4000, 17]] = 2.0
+    scores[1] = rng.integers(0, 3, 5000)
+    scores[2, :] = -np.inf
+    scores[2, [10, 4999]] = [1.0, 1.0]
+    ids, top = topk_from_scores(scores, 10)
+    assert ids[0].tolist() == [17, 4000, 0, 1, 2, 3, 4, 5, 6, 7]
+    assert ids[1].tolist() == np.flatnonzero(scores[1] == 2)[:10].tolist()
+    assert ids[2].tolist() == [10, 4999] + [-1] * 8 and np.isneginf(top[2, 2:]).all()

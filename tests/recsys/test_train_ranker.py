@@ -41,7 +41,7 @@ def train_and_evaluate(root, name, *extra):
 
 
 def test_two_stage_training_writes_a_model_dir_evaluate_loads(log_files, capsys):
-    out, metrics = train_and_evaluate(log_files, "model")
+    out, metrics = train_and_evaluate(log_files, "model", "--ranker-loss", "auto")
     config = json.loads((out / "config.json").read_text())
     result = config["ranker_result"]
     assert config["ranker"]["n_dense"] == len(config["ranker"]["feature_names"])

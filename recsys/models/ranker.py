@@ -18,9 +18,9 @@ from torch import nn
 class RankerConfig:
     dim: int  # tower vector size
     n_dense: int  # dense features per candidate
-    width: int = 128
+    width: int = 256  # teacher size; compression's student ranker is 64 wide, one cross layer
     depth: int = 2
-    n_cross: int = 2
+    n_cross: int = 3
     dropout: float = 0.1
     vec_proj: int = 16  # user and item vectors enter projected to this size (their product enters whole)
     feature_names: list[str] = field(default_factory=list)

@@ -18,9 +18,10 @@ from torch.nn import functional as F
 class TwoTowerConfig:
     n_users: int
     n_items: int
-    dim: int = 64
-    hidden: int = 128
-    depth: int = 1
+    # The teacher is deliberately generous; compression distils it into students (dim 64, one layer).
+    dim: int = 128
+    hidden: int = 256
+    depth: int = 2
     history_len: int = 20
     use_user_id: bool = True
     dropout: float = 0.1

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from compression.compress import CompressConfig, GateFailed, compress
-from compression.distill import TowerDistillConfig
+from compression.distill import RankerDistillConfig, TowerDistillConfig
 from compression.students import StudentConfig
 from recsys.bundle import BundleError
 from recsys.data.datasets import DEFAULT_DATA_DIR, load_dataset
@@ -37,12 +37,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tower-epochs", type=int, default=40)
     parser.add_argument("--ranker-epochs", type=int, default=20)
     parser.add_argument("--max-steps-per-epoch", type=int, default=None)
+    parser.add_argument("--student-disabled-features", default="",
+                        help="comma-separated ranker features the students do without (see card notes)")
+    parser.add_argument("--ranker-distill-weight", type=float, default=1.0,
+                        help="weight of the teacher ranker's list KL in the distilled student's ranker (0: off)")
+    parser.add_argument("--ranker-distill-temperature", type=float, default=2.0)
     parser.add_argument("--latency-requests", type=int, default=300)
     parser.add_argument("--eval-users", type=int, default=None, help="sample test users on very large data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-publish", action="store_true", help="measure only")
     parser.add_argument("--reports-dir", default="reports/compression")
     args = parser.parse_args(argv)
+    if args.ranker_distill_weight < 0 or args.ranker_distill_temperature <= 0:
+        parser.error("--ranker-distill-weight must be >= 0 and --ranker-distill-temperature > 0")
     if not 0 < args.threshold <= 1.5:
         parser.error(f"--threshold must be in (0, 1.5], got {args.threshold}")
     return args
@@ -50,8 +57,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def config_from(args: argparse.Namespace) -> CompressConfig:
     student = StudentConfig(dim=args.student_dim, tower_epochs=args.tower_epochs, ranker_epochs=args.ranker_epochs,
-                            seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch)
-    return CompressConfig(student=student, distill=TowerDistillConfig(), threshold=args.threshold,
+                            seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch,
+                            disabled_features=args.student_disabled_features)
+    ranker_distill = None if args.ranker_distill_weight == 0 else RankerDistillConfig(
+        args.ranker_distill_weight, args.ranker_distill_temperature)
+    return CompressConfig(student=student, distill=TowerDistillConfig(), ranker_distill=ranker_distill,
+                          threshold=args.threshold,
                           latency_requests=args.latency_requests, eval_users=args.eval_users,
                           publish=not args.no_publish, reports_dir=Path(args.reports_dir) if args.reports_dir else None)
 

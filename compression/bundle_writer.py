@@ -14,6 +14,7 @@ import torch
 from compression.export import count_params, export_onnx, validate_onnx
 from compression.int8 import choose_int8, with_int8_embeddings
 from compression.quantize import int8_embedding_table
+from compression.techniques import to_fp16
 from recsys.bundle_content import INDEX_DIR, RANKER, USER_TOWER, BundleContent, save_content
 from recsys.candidates import history_inputs
 from recsys.data.datasets import Dataset
@@ -26,6 +27,7 @@ from recsys.split import Split
 log = logging.getLogger(__name__)
 
 ONNX_ATOL = 1e-4
+FP16_ATOL = 5e-2  # float16 keeps ~3 significant digits
 RECALL_K = 100
 
 
@@ -36,6 +38,7 @@ class BundleSpec:
     kind: str
     index_factory: str = "Flat"
     int8: bool = False
+    fp16: bool = False  # float16 ONNX models (ignored with int8)
     target_recall: float = 0.95
     n_candidates: int = 200
     extra: dict = field(default_factory=dict)
@@ -103,9 +106,9 @@ def write_bundle(staging: Path, towers: TwoTower, dataset: Dataset, split: Split
     requests = np.arange(min(split.n_users, 256)) if requests is None else requests
     runtime = {"kind": spec.kind, "history_len": towers.cfg.history_len, "dim": towers.cfg.dim,
                "n_candidates": spec.n_candidates, "int8": spec.int8, **spec.extra}
-    runtime["user_tower"] = _write_user_tower(staging, towers, history, requests, spec.int8)
+    runtime["user_tower"] = _write_user_tower(staging, towers, history, requests, spec)
     if ranker is not None and ranker_feeds:
-        runtime["ranker"] = _write_ranker(staging, ranker, ranker_feeds, spec.int8)
+        runtime["ranker"] = _write_ranker(staging, ranker, ranker_feeds, spec)
     vectors = all_item_vectors(towers)
     content = BundleContent(split.users, split.items, history,
                             np.bincount(split.train["i"], minlength=split.n_items).astype(np.float32),
@@ -125,10 +128,14 @@ def write_bundle(staging: Path, towers: TwoTower, dataset: Dataset, split: Split
     return runtime
 
 
-def _write_user_tower(staging: Path, towers: TwoTower, history: History, requests: np.ndarray, int8: bool) -> dict:
+def _write_user_tower(staging: Path, towers: TwoTower, history: History, requests: np.ndarray,
+                      spec: BundleSpec) -> dict:
     path = staging / USER_TOWER
-    if not int8:
-        return {"precision": "fp32", "max_abs_diff": export_user_tower(towers, path, history, requests)}
+    if not spec.int8:
+        diff = export_user_tower(towers, path, history, requests)
+        if spec.fp16:
+            return _as_fp16(UserTower(towers).eval(), path, tower_feed(towers, history, requests[:7]), diff)
+        return {"precision": "fp32", "max_abs_diff": diff}
     quantized_tables = with_int8_embeddings(towers)
     fp32_dense = staging / "user_tower.fp32.onnx"
     diff = export_user_tower(quantized_tables, fp32_dense, history, requests)
@@ -141,10 +148,13 @@ def _write_user_tower(staging: Path, towers: TwoTower, history: History, request
             "export_max_abs_diff": diff, "candidates": choice["candidates"]}
 
 
-def _write_ranker(staging: Path, ranker: torch.nn.Module, feeds: list[dict], int8: bool) -> dict:
+def _write_ranker(staging: Path, ranker: torch.nn.Module, feeds: list[dict], spec: BundleSpec) -> dict:
     path = staging / RANKER
-    if not int8:
-        return {"precision": "fp32", "max_abs_diff": export_ranker(ranker, path, feeds)}
+    if not spec.int8:
+        diff = export_ranker(ranker, path, feeds)
+        if spec.fp16:
+            return _as_fp16(ranker.eval(), path, {name: v[:3] for name, v in feeds[-1].items()}, diff)
+        return {"precision": "fp32", "max_abs_diff": diff}
     fp32_path = staging / "ranker.fp32.onnx"
     diff = export_ranker(ranker, fp32_path, feeds)
     check = {name: np.concatenate([f[name] for f in feeds[-4:]]) for name in feeds[0]}
@@ -153,6 +163,12 @@ def _write_ranker(staging: Path, ranker: torch.nn.Module, feeds: list[dict], int
     (staging / "ranker.fp32.onnx.json").unlink(missing_ok=True)
     return {"precision": "int8", "dense_layers": choice["chosen"], "export_max_abs_diff": diff,
             "candidates": choice["candidates"]}
+
+
+def _as_fp16(module: torch.nn.Module, path: Path, check: dict[str, np.ndarray], fp32_diff: float) -> dict:
+    to_fp16(path)
+    return {"precision": "fp16", "fp32_max_abs_diff": fp32_diff,
+            "max_abs_diff": validate_onnx(module, path, check, atol=FP16_ATOL, rtol=FP16_ATOL)}
 
 
 def _query_vectors(staging: Path, history: History, towers: TwoTower, users: np.ndarray) -> np.ndarray:

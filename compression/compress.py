@@ -10,14 +10,16 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from compression.bundle_writer import BundleSpec, publish_bundle
-from compression.distill import TowerDistillConfig
+from compression.distill import RankerDistillConfig, TowerDistillConfig
 from compression.report import write_card
 from compression.students import StudentConfig, sample_requests, teacher_student, train_student
+from compression.techniques import low_rank, pick_published, pruned
 from compression.variants import Variant, build_variant, evaluation_sample, measure_variant
 from recsys.bundle import new_staging_dir
 from recsys.data.datasets import Dataset
 from recsys.model_dir import RANKING_FEATURES, check_same_data, load_trained
 from recsys.ranking_features import FeatureTables
+from recsys.recommender import ModelSpecError
 from recsys.split import Split
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,10 @@ class GateFailed(RuntimeError):
 class CompressConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: TowerDistillConfig = field(default_factory=TowerDistillConfig)
+    ranker_distill: RankerDistillConfig | None = field(default_factory=RankerDistillConfig)
     threshold: float = 0.97
     latency_requests: int = 300
+    techniques: bool = True  # also measure pruning and low-rank variants (fp16 is always measured)
     eval_users: int | None = None
     target_recall: float = 0.95
     publish: bool = True
@@ -54,17 +58,30 @@ def index_factories(n_items: int, dim: int) -> tuple[str, str]:
     return "IVF{auto},SQ8", f"IVF{{auto}},{pq}np"
 
 
+# Variants that may replace "compressed" in the published bundle, when they beat it (techniques.py).
+TECHNIQUES = ("compressed-pruned", "compressed-lowrank")
+
+
 def plan_variants(teacher, nokd, kd, n_items: int, cfg: CompressConfig) -> list[Variant]:
     sq8, pq = index_factories(n_items, kd.towers.cfg.dim)
     recall = cfg.target_recall
-    return [
+    variants = [
         Variant("teacher-fp32", teacher, BundleSpec("teacher", "Flat")),
         Variant("student-fp32-nokd", nokd, BundleSpec("student", "Flat")),
         Variant("student-fp32", kd, BundleSpec("student", "Flat")),
+        Variant("student-fp16", kd, BundleSpec("student", "Flat", fp16=True)),
         Variant("student-int8-flat", kd, BundleSpec("compressed", "Flat", int8=True)),
         Variant("compressed", kd, BundleSpec("compressed", sq8, int8=True, target_recall=recall)),
         Variant("compressed-pq", kd, BundleSpec("compressed", pq, int8=True, target_recall=recall)),
     ]
+    if not cfg.techniques:
+        return variants
+    if kd.ranker is not None:
+        variants.append(Variant("compressed-pruned", pruned(kd), BundleSpec("compressed", sq8, int8=True,
+                                                                             target_recall=recall)))
+    variants.append(Variant("compressed-lowrank", low_rank(kd), BundleSpec("compressed", sq8, int8=True,
+                                                                           target_recall=recall)))
+    return variants
 
 
 def variant_dir(out: Path, name: str) -> Path:
@@ -79,16 +96,16 @@ def variant_dir(out: Path, name: str) -> Path:
     return directory
 
 
-def gate(rows: list[dict], threshold: float) -> dict:
+def gate(rows: list[dict], threshold: float, published: str = "compressed") -> dict:
     by_name = {row["name"]: row for row in rows}
-    teacher, compressed = by_name["teacher-fp32"]["NDCG@10"], by_name["compressed"]["NDCG@10"]
-    return {"threshold": threshold, "teacher_ndcg": teacher, "compressed_ndcg": compressed,
+    teacher, compressed = by_name["teacher-fp32"]["NDCG@10"], by_name[published]["NDCG@10"]
+    return {"threshold": threshold, "teacher_ndcg": teacher, "compressed_ndcg": compressed, "variant": published,
             "passed": bool(compressed >= threshold * teacher)}
 
 
-def ratios(rows: list[dict]) -> dict:
+def ratios(rows: list[dict], published: str = "compressed") -> dict:
     by_name = {row["name"]: row for row in rows}
-    teacher, compressed = by_name["teacher-fp32"], by_name["compressed"]
+    teacher, compressed = by_name["teacher-fp32"], by_name[published]
     return {"bytes": compressed["bytes"] / teacher["bytes"],
             "latency_p50": compressed["latency_p50_ms"] / teacher["latency_p50_ms"],
             "latency_p99": compressed["latency_p99_ms"] / teacher["latency_p99_ms"],
@@ -100,12 +117,14 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
     trained = load_trained(model_dir)
     check_same_data(trained, split.users, split.items, model_dir)
     tables = FeatureTables.load(model_dir / RANKING_FEATURES) if (model_dir / RANKING_FEATURES).exists() else None
+    _check_feature_names(cfg.student.disabled_features, tables)
     seed = cfg.student.seed
     requests = sample_requests(split, cfg.latency_requests, seed)
     eval_split = evaluation_sample(split, cfg.eval_users, seed)
     teacher = teacher_student(trained, tables)
     nokd = train_student("student-nokd", trained, split, tables, cfg.student, distill=None)
-    kd = train_student("student-kd", trained, split, tables, cfg.student, distill=cfg.distill)
+    kd = train_student("student-kd", trained, split, tables, cfg.student, distill=cfg.distill,
+                       ranker_distill=cfg.ranker_distill)
     config = {"dataset": dataset.name, "model_dir": str(model_dir), "compress": cfg.to_dict()}
     rows, dirs = [], {}
     for variant in tqdm(plan_variants(teacher, nokd, kd, split.n_items, cfg), desc="variants", unit="variant"):
@@ -113,8 +132,10 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
         runtime = build_variant(variant, dirs[variant.name], dataset, split, requests, config)
         row = measure_variant(variant.name, dirs[variant.name], split, requests, eval_split)
         rows.append({**row, "notes": _notes(runtime)})
+    published, kept = pick_published(rows, TECHNIQUES)
     card = {"dataset": dataset.name, "fingerprint": dataset.fingerprint(), "variants": rows,
-            "gate": gate(rows, cfg.threshold), "ratios": ratios(rows), "config": config,
+            "gate": gate(rows, cfg.threshold, published), "ratios": ratios(rows, published),
+            "published_variant": published, "techniques": kept, "config": config,
             "students": {"nokd": nokd.summary, "kd": kd.summary},
             "notes": [f"quality on {eval_split.test.shape[0]} test users; latency over {len(requests)} "
                       "single requests (user tower + ANN + features + ranker), same run"]}
@@ -128,12 +149,22 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
                          f"{card['gate']['teacher_ndcg']:.4f}; nothing was published (card: {out / 'card.md'})")
     if cfg.publish:
         by_name = {row["name"]: row for row in rows}
-        for name, root, kind in (("teacher-fp32", "teacher", "teacher"), ("compressed", "compressed", "compressed")):
+        for name, root, kind in (("teacher-fp32", "teacher", "teacher"), (published, "compressed", "compressed")):
             path = publish_bundle(dirs[name], out / root, kind=kind, dataset=dataset,
                                   config={**config, "variant": name}, metrics=_metrics(by_name[name]))
             card.setdefault("published", {})[name] = str(path)
             log.info("published %s bundle %s", name, path)
+        if published != "compressed":
+            shutil.rmtree(dirs["compressed"], ignore_errors=True)
     return card
+
+
+def _check_feature_names(names: str, tables: FeatureTables | None) -> None:
+    wanted = {name.strip() for name in names.split(",") if name.strip()}
+    known = set(tables.feature_names()) if tables is not None else set()
+    if wanted - known:
+        raise ModelSpecError(f"--student-disabled-features: unknown ranker features {sorted(wanted - known)}; "
+                             f"the teacher's are {sorted(known) or 'none (no ranker)'}")
 
 
 def _metrics(row: dict) -> dict:

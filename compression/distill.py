@@ -1,9 +1,15 @@
-"""Teacher -> student distillation for the retrieval towers.
+"""Teacher -> student distillation for the retrieval towers and the ranker.
 
-The student learns from the data (the same sampled softmax as the teacher) plus two teacher
-signals: KL between the teacher's and the student's in-batch score distributions at a
+Towers: the student learns from the data (the same sampled softmax as the teacher) plus two
+teacher signals: KL between the teacher's and the student's in-batch score distributions at a
 temperature, and ranking distillation on the teacher's top-K items (Tang & Wang, KDD 2018),
 whose position weights make the student care most about the teacher's first few items.
+
+Ranker: the teacher pipeline (its towers, feature tables and ranker) scores every candidate list
+the student ranker trains on, as it would score that request at serving time; the student adds
+KL to the teacher's list softmax (`recsys.train_ranker.list_distillation_loss`) to its own loss.
+The teacher was trained on these interactions, so it is surest about the positives; what it
+adds over the labels is the order of the negatives.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ import torch
 from torch.nn import functional as F
 
 from recsys.models.two_tower import TwoTower
+from recsys.pipeline import Pipeline
+from recsys.recommender import History
+from recsys.train_ranker import list_inputs
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +80,30 @@ class TowerDistiller:
         logits = torch.cat([top_logits, student_logits], dim=1)
         rank = -(F.log_softmax(logits, dim=1)[:, : self.cfg.rank_topk] * self.weights).sum(1).mean()
         return self.cfg.kl_weight * kl + self.cfg.rank_weight * rank
+
+
+@dataclass
+class RankerDistillConfig:
+    weight: float = 1.0
+    temperature: float = 2.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ListTeacher:
+    """A `recsys.train_ranker.ListTeacher`: the teacher pipeline's ranker logits for given lists."""
+
+    def __init__(self, pipeline: Pipeline, n_candidates: int):
+        if pipeline.score_candidates is None:
+            raise ValueError("the teacher pipeline has no ranker to distil")
+        self.pipeline = pipeline
+        self.n_candidates = n_candidates
+
+    def __call__(self, users: np.ndarray, rows: History, listed: np.ndarray, context: dict | None) -> np.ndarray:
+        user_vec, vecs, dense, _ = list_inputs(self.pipeline, users, rows, listed, context,
+                                               n_candidates=self.n_candidates)
+        return np.asarray(self.pipeline.score_candidates(user_vec, vecs, dense), dtype=np.float32)
 
 
 def topk_overlap(a: np.ndarray, b: np.ndarray) -> float:

@@ -31,10 +31,14 @@ def card_markdown(card: dict, title: str) -> str:
         lines.append("| " + " | ".join(format_cell(row.get(c)) for c in columns) + " |")
     gate = card["gate"]
     verdict = "PASSED" if gate["passed"] else "FAILED"
-    lines += ["", f"Quality gate: compressed NDCG@10 {gate['compressed_ndcg']:.4f} vs teacher "
+    published = card.get("published_variant", "compressed")
+    lines += ["", f"Quality gate: {published} NDCG@10 {gate['compressed_ndcg']:.4f} vs teacher "
               f"{gate['teacher_ndcg']:.4f} (threshold {gate['threshold']:.2f} x teacher) -> **{verdict}**"]
+    if card.get("techniques"):
+        lines += ["", f"Served as the compressed bundle: `{published}`. Techniques against plain `compressed`:",
+                  *[f"- `{name}`: {why}" for name, why in card["techniques"].items()]]
     if card.get("ratios"):
-        lines += ["", "Ratios (compressed / teacher, same run): " +
+        lines += ["", f"Ratios ({published} / teacher, same run): " +
                   ", ".join(f"{k} {v:.3f}" for k, v in card["ratios"].items())]
     if card.get("notes"):
         lines += ["", *[f"- {note}" for note in card["notes"]]]

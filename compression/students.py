@@ -8,9 +8,10 @@ from functools import partial
 
 import numpy as np
 
-from compression.distill import TowerDistillConfig, TowerDistiller
+from compression.distill import ListTeacher, RankerDistillConfig, TowerDistillConfig, TowerDistiller
 from recsys.model_dir import TrainedModel
 from recsys.models.two_tower import TwoTower, TwoTowerConfig
+from recsys.pipeline_torch import TorchRankerScorer, towers_pipeline
 from recsys.ranking_features import FeatureTables
 from recsys.split import Split
 from recsys.train_ranker import RankerTrainConfig, holdout_retriever, train_ranker
@@ -31,6 +32,9 @@ class StudentConfig:
     ranker_epochs: int = 20
     seed: int = 0
     max_steps_per_epoch: int | None = None
+    # Ranker features the students do without (comma-separated names, "" = the teacher's set):
+    # what they cost per request is saved; the teacher's logits still carry their signal.
+    disabled_features: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,12 +64,15 @@ def ranker_train_config(trained: TrainedModel, cfg: StudentConfig) -> RankerTrai
     stored = trained.config.get("ranker_training", {})
     known = {k: v for k, v in stored.items() if k in RankerTrainConfig.__dataclass_fields__}
     loss = trained.config.get("ranker_result", {}).get("loss", known.get("loss", "softmax"))
-    return RankerTrainConfig(**{**known, "loss": loss, "epochs": cfg.ranker_epochs, "seed": cfg.seed})
+    disabled = ",".join(name for name in (known.get("disabled_features", ""), cfg.disabled_features) if name)
+    return RankerTrainConfig(**{**known, "loss": loss, "epochs": cfg.ranker_epochs, "seed": cfg.seed,
+                                "disabled_features": disabled})
 
 
 def train_student(name: str, trained: TrainedModel, split: Split, tables: FeatureTables | None, cfg: StudentConfig,
-                  distill: TowerDistillConfig | None) -> Student:
-    """Train small towers (+ ranker when the teacher has one); ``distill`` None = no teacher."""
+                  distill: TowerDistillConfig | None, ranker_distill: RankerDistillConfig | None = None) -> Student:
+    """Train small towers (+ ranker when the teacher has one); ``distill`` / ``ranker_distill``
+    None = that part learns without the teacher."""
     model_cfg = student_tower_config(trained.towers.cfg, cfg)
     extra = TowerDistiller(trained.towers, distill) if distill is not None else None
     result = train_two_tower(split, model_cfg, tower_train_config(trained, cfg), trained.item_tokens,
@@ -75,19 +82,29 @@ def train_student(name: str, trained: TrainedModel, split: Split, tables: Featur
                "distill": None if distill is None else distill.to_dict()}
     ranker = None
     if trained.ranker is not None and tables is not None:
-        ranker, tables = _train_student_ranker(trained, split, tables, cfg, model_cfg, result, summary)
+        ranker, tables = _train_student_ranker(trained, split, tables, cfg, model_cfg, result, summary,
+                                               ranker_distill)
     log.info("student %s: towers valid NDCG@10 %.4f", name, result.best_ndcg)
     return Student(name, result.model, ranker, tables, summary)
 
 
-def _train_student_ranker(trained, split, tables, cfg, model_cfg, towers_result, summary):
+def _train_student_ranker(trained, split, tables, cfg, model_cfg, towers_result, summary, ranker_distill):
     """The student's ranker learns from lists proposed by held-out student towers (as the teacher's
-    did); a ranker that does not beat the student's retrieval on validation is dropped."""
+    did), with the teacher ranker's logits over those lists when distilling; a ranker that does not
+    beat the student's retrieval on validation is dropped."""
     ranker_cfg = ranker_train_config(trained, cfg)
+    teacher = None
+    if ranker_distill is not None:
+        ranker_cfg = replace(ranker_cfg, distill_weight=ranker_distill.weight,
+                             distill_temperature=ranker_distill.temperature)
+        teacher_pipeline = towers_pipeline(trained.towers, tables)
+        teacher_pipeline.score_candidates = TorchRankerScorer(trained.ranker)
+        teacher = ListTeacher(teacher_pipeline, ranker_cfg.n_candidates)
     source = partial(holdout_retriever, split, model_cfg.to_dict(), tower_train_config(trained, cfg).to_dict(),
                      towers_result.best_epoch, trained.item_tokens, trained.user_tokens, cfg=ranker_cfg)
     shape = {"width": cfg.ranker_width, "depth": cfg.ranker_depth, "n_cross": cfg.ranker_cross}
-    ranked = train_ranker(split, towers_result.model, tables, ranker_cfg, shape, source)
+    ranked = train_ranker(split, towers_result.model, tables, ranker_cfg, shape, source, list_teacher=teacher)
+    summary["ranker_distill"] = None if ranker_distill is None else ranker_distill.to_dict()
     summary.update({"ranker": ranked.model.cfg.to_dict(), "ranker_valid_NDCG@10": ranked.best_ndcg,
                     "retrieval_valid_NDCG@10": ranked.retrieval_ndcg, "ranker_loss": ranked.loss,
                     "ranker_seconds": round(ranked.seconds, 1),

@@ -15,6 +15,7 @@ start of the request's time bin, so offline features never use interactions afte
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -34,6 +35,7 @@ COOC_DECAY = 0.7  # weight of the j-th most recent item's neighbours: decay ** j
 TREND_BINS = 2  # "recent" item traffic = the last this-many time bins before the request
 TIME_FEATURE_CACHE = 4  # time columns whose per-item features are kept (serving reads one)
 MAX_TIME_CELLS = 20_000_000  # n_items * n_bins cap for the cumulative count table
+TIME_FEATURES = ("item_pop_asof", "item_trend", "item_age", "user_gap")
 # Timestamps at or above this look like unix seconds, i.e. comparable across users; Instacart's
 # per-user pseudo-time (order_number * 1000 + cart position) does not, and gets no time features.
 UNIX_TIME_FLOOR = 100_000_000
@@ -106,7 +108,7 @@ class FeatureTables:
         if self.token_vocab > 1:
             names.append("token_overlap")
         if self.has_time:
-            names += ["item_pop_asof", "item_trend", "item_age", "user_gap"]
+            names += list(TIME_FEATURES)
         names += [f"context:{name}" for name in self.context_columns]
         return names
 
@@ -421,17 +423,25 @@ def build_features(tables: FeatureTables, history: History, cands: np.ndarray, s
     if ranks is None:
         ranks = np.broadcast_to(np.arange(n_cands), (n_rows, n_cands))
     item_pop = tables.item_log_count[safe]
-    sim_last, sim_max = _similarity(user, cand_vecs)
+    # A group whose every feature is disabled is not computed (a student ranker may do without).
+    skip = set(tables.disabled)
+    zero = np.zeros((n_rows, n_cands), np.float32)
+
+    def group(names: list[str], compute: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
+        return [zero] * len(names) if skip.issuperset(names) else compute()
+
     columns = [clean, np.log1p(ranks), np.where(finite, clean - np.asarray(top_scores)[:, None], 0.0),
                item_pop, np.broadcast_to(np.log1p(user.history_len)[:, None], (n_rows, n_cands)),
-               np.broadcast_to(user.user_pop, (n_rows, n_cands)), item_pop - user.user_pop,
-               _cooccurrence(tables, user, safe), sim_last, sim_max]
+               np.broadcast_to(user.user_pop, (n_rows, n_cands)), item_pop - user.user_pop]
+    columns += group(["cooc_recent"], lambda: [_cooccurrence(tables, user, safe)])
+    columns += group(["sim_last", "sim_recent_max"], lambda: list(_similarity(user, cand_vecs)))
     if user.affinity_profile is not None:
-        columns += _affinity(tables, user.affinity_profile, safe)
+        columns += group([f"affinity:{name}" for name in tables.affinity_fields],
+                         lambda: _affinity(tables, user.affinity_profile, safe))
     if user.token_keys is not None:
-        columns.append(_token_overlap(tables, user.token_keys, safe))
+        columns += group(["token_overlap"], lambda: [_token_overlap(tables, user.token_keys, safe)])
     if tables.has_time:
-        columns += _time_features(tables, safe, context, user.history_len)
+        columns += group(list(TIME_FEATURES), lambda: _time_features(tables, safe, context, user.history_len))
     for name in tables.context_columns:
         value = np.nan_to_num(_context_column(context, name, n_rows), nan=-1.0)
         columns.append(np.broadcast_to(value[:, None], (n_rows, n_cands)))

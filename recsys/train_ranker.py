@@ -77,6 +77,10 @@ class RankerTrainConfig:
     example_user_ids: bool = True  # False: example requests use history only (user id 0)
     eval_users: int = 3000
     disabled_features: str = ""  # comma-separated feature names forced to 0 (ablations)
+    # Distillation from a teacher's logits over the same lists (`train_ranker(list_teacher=...)`):
+    # loss += weight * T^2 * KL(teacher || student) of the list softmaxes at temperature T.
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,9 +92,18 @@ class RankingExamples:
     cands: np.ndarray  # [N, C] column 0 = the positive, -1 = empty slot
     dense: np.ndarray  # [N, C, F]
     retrieved_share: float  # of all requests, the share whose positive the retriever proposed
+    teacher_logits: np.ndarray | None = None  # [N, C] a teacher's scores of the same lists
 
     def __len__(self) -> int:
         return len(self.cands)
+
+    def subset(self, keep: np.ndarray) -> RankingExamples:
+        teacher = None if self.teacher_logits is None else self.teacher_logits[keep]
+        return RankingExamples(self.user_vec[keep], self.cands[keep], self.dense[keep], self.retrieved_share, teacher)
+
+
+# A teacher's logits for candidate lists: (users, history rows, listed items [B, C], context) -> [B, C].
+ListTeacher = Callable[[np.ndarray, History, np.ndarray, dict | None], np.ndarray]
 
 
 @dataclass
@@ -158,8 +171,10 @@ def holdout_retriever(split: Split, tower_config: dict, tower_training: dict, be
     return result.model, prefix_tables.without(tables.disabled)
 
 
-def _examples(split: Split, pipeline: Pipeline, cfg: RankerTrainConfig, rng: np.random.Generator) -> RankingExamples:
-    """Candidate lists with features, built with the pipeline's own retrieval and feature code."""
+def _examples(split: Split, pipeline: Pipeline, cfg: RankerTrainConfig, rng: np.random.Generator,
+              list_teacher: ListTeacher | None = None) -> RankingExamples:
+    """Candidate lists with features, built with the pipeline's own retrieval and feature code
+    (and ``list_teacher``'s logits for each list, when given)."""
     users, targets, history, context = prefix_requests(split, cfg, rng)
     n, n_items = len(users), pipeline.n_items
     if n == 0:
@@ -170,6 +185,7 @@ def _examples(split: Split, pipeline: Pipeline, cfg: RankerTrainConfig, rng: np.
     out_cands = np.full((n, n_list), -1, np.int64)
     out_dense = None
     retrieved = np.zeros(n, bool)
+    teacher = np.zeros((n, n_list), np.float32)
     for start in tqdm(range(0, n, EXAMPLE_BATCH), desc="ranker examples", leave=False, mininterval=1.0):
         stop = min(start + EXAMPLE_BATCH, n)
         rows = History(history.seen[start:stop], history.recent[start:stop])
@@ -185,21 +201,35 @@ def _examples(split: Split, pipeline: Pipeline, cfg: RankerTrainConfig, rng: np.
         uniform = rng.integers(0, n_items, (stop - start, cfg.random_negatives))
         uniform = np.where(np.isin(_row_keys(users[start:stop, None], uniform, n_items), user_items), -1, uniform)
         listed = np.concatenate([target[:, None], hard, uniform], axis=1)
-        # Each listed item's retrieval rank (n_candidates when not retrieved) and exact score.
-        match = listed[:, :, None] == cands[:, None, :]
-        ranks = np.where(match.any(-1), match.argmax(-1), cfg.n_candidates)
-        vecs = pipeline.item_vectors[np.maximum(listed, 0)]
-        scores = np.einsum("bcd,bd->bc", vecs, user_vec)
-        dense = build_features(pipeline.feature_tables, rows, listed, scores, vecs, pipeline.item_vectors,
-                               slice_context(context, slice(start, stop)), ranks=ranks, top_scores=cand_scores[:, 0])
+        batch_context = slice_context(context, slice(start, stop))
+        _, _, dense, ranks = list_inputs(pipeline, batch_users, rows, listed, batch_context,
+                                         (user_vec, cands, cand_scores), cfg.n_candidates)
         if out_dense is None:
             out_dense = np.zeros((n, n_list, dense.shape[-1]), np.float32)
         out_vec[start:stop], out_cands[start:stop], out_dense[start:stop] = user_vec, listed, dense
+        if list_teacher is not None:
+            teacher[start:stop] = list_teacher(batch_users, rows, listed, batch_context)
         retrieved[start:stop] = ranks[:, 0] < cfg.n_candidates
-    share = float(retrieved.mean())
-    if cfg.only_retrieved:
-        return RankingExamples(out_vec[retrieved], out_cands[retrieved], out_dense[retrieved], share)
-    return RankingExamples(out_vec, out_cands, out_dense, share)
+    examples = RankingExamples(out_vec, out_cands, out_dense, float(retrieved.mean()),
+                               teacher if list_teacher is not None else None)
+    return examples.subset(retrieved) if cfg.only_retrieved else examples
+
+
+def list_inputs(pipeline: Pipeline, users: np.ndarray, rows: History, listed: np.ndarray, context: dict | None,
+                retrieved: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                n_candidates: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(user vectors, item vectors, dense features, retrieval ranks) of ``listed`` items [B, C] as
+    ``pipeline`` sees these requests; ``retrieved`` = its (user vectors, candidates, scores) when
+    already known. An item the retriever did not propose gets rank ``n_candidates`` and its exact score."""
+    user_vec, cands, cand_scores = retrieved if retrieved is not None else pipeline.retrieve(
+        users, rows.recent, rows.seen, n_candidates)
+    match = listed[:, :, None] == cands[:, None, :]
+    ranks = np.where(match.any(-1), match.argmax(-1), n_candidates)
+    vecs = pipeline.item_vectors[np.maximum(listed, 0)]
+    scores = np.einsum("bcd,bd->bc", vecs, user_vec)
+    dense = build_features(pipeline.feature_tables, rows, listed, scores, vecs, pipeline.item_vectors, context,
+                           ranks=ranks, top_scores=cand_scores[:, 0])
+    return user_vec, vecs, dense, ranks
 
 
 def list_loss(logits: torch.Tensor, valid: torch.Tensor, kind: str) -> torch.Tensor:
@@ -210,6 +240,15 @@ def list_loss(logits: torch.Tensor, valid: torch.Tensor, kind: str) -> torch.Ten
     labels[:, 0] = 1.0
     per_item = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
     return (per_item * valid).sum() / valid.sum().clamp_min(1)
+
+
+def list_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor,
+                           temperature: float) -> torch.Tensor:
+    """T^2 * KL(teacher || student) between the two softmaxes over each list's valid slots."""
+    def log_probs(logits: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax((logits / temperature).masked_fill(~valid, -1e4), dim=1)
+
+    return F.kl_div(log_probs(student), log_probs(teacher), log_target=True, reduction="batchmean") * temperature ** 2
 
 
 def fit_ranker(examples: RankingExamples, item_vectors: np.ndarray, ranker_cfg: RankerConfig,
@@ -236,6 +275,10 @@ def fit_ranker(examples: RankingExamples, item_vectors: np.ndarray, ranker_cfg: 
             logits = model(torch.from_numpy(examples.user_vec[rows]), items[cands.clamp_min(0)],
                            torch.from_numpy(examples.dense[rows]))
             batch_loss = list_loss(logits, cands >= 0, loss)
+            if examples.teacher_logits is not None and cfg.distill_weight > 0:
+                teacher = torch.from_numpy(examples.teacher_logits[rows])
+                batch_loss = batch_loss + cfg.distill_weight * list_distillation_loss(
+                    logits, teacher, cands >= 0, cfg.distill_temperature)
             optimizer.zero_grad(set_to_none=True)
             batch_loss.backward()
             optimizer.step()
@@ -267,12 +310,13 @@ def pipeline_ndcg(pipeline: Pipeline, split: Split, n_candidates: int) -> float:
 def train_ranker(split: Split, towers: TwoTower, tables: FeatureTables, cfg: RankerTrainConfig,
                  shape: dict | None = None,
                  example_source: Callable[[FeatureTables], tuple[TwoTower, FeatureTables]] | None = None,
-                 ) -> RankerTrainResult:
+                 list_teacher: ListTeacher | None = None) -> RankerTrainResult:
     """Train the ranker for the pipeline of ``towers`` + ``tables``; ``loss="auto"`` tries both losses.
 
     ``example_source(tables)`` returns the towers and tables that propose the training lists
     (e.g. `holdout_retriever`); by default the inference ones. ``shape``: RankerConfig width,
-    depth, n_cross, dropout, vec_proj.
+    depth, n_cross, dropout, vec_proj. ``list_teacher`` scores every training list for
+    distillation (weighted by ``cfg.distill_weight``).
     """
     if cfg.loss not in (*LOSSES, "auto"):
         raise ValueError(f"ranker loss must be one of {LOSSES} or 'auto', got {cfg.loss!r}")
@@ -282,7 +326,7 @@ def train_ranker(split: Split, towers: TwoTower, tables: FeatureTables, cfg: Ran
     rng = np.random.default_rng(cfg.seed)
     pipeline = towers_pipeline(towers, tables)
     source = pipeline if example_source is None else towers_pipeline(*example_source(tables))
-    examples = _examples(split, source, cfg, rng)
+    examples = _examples(split, source, cfg, rng, list_teacher)
     log.info("ranker examples: %d lists of %d, positive retrieved in %.1f%%", len(examples),
              examples.cands.shape[1], 100 * examples.retrieved_share)
     if len(examples) == 0:

@@ -34,6 +34,16 @@ def test_compress_writes_card_and_serving_bundles(trained, capsys):
     card = json.loads((out / "card.json").read_text())
     names = [row["name"] for row in card["variants"]]
     assert {"teacher-fp32", "student-fp32-nokd", "student-fp32", "compressed"} <= set(names)
+    # The distilled student's ranker learned from the teacher ranker's logits; the other did not.
+    assert card["students"]["kd"]["ranker_distill"] == {"weight": 1.0, "temperature": 2.0}
+    assert card["students"]["nokd"]["ranker_distill"] is None
+    # The other techniques are measured, and replace the plain compressed variant only when they win.
+    assert {"student-fp16", "compressed-pruned", "compressed-lowrank"} <= set(names)
+    assert set(card["techniques"]) == {"compressed-pruned", "compressed-lowrank"}
+    assert card["published_variant"] in ("compressed", *card["techniques"])
+    assert all(why.startswith(("kept", "not kept")) for why in card["techniques"].values())
+    fp16 = json.loads((out / "variants" / "student-fp16" / "runtime.json").read_text())
+    assert fp16["user_tower"]["precision"] == "fp16"
     for row in card["variants"]:
         assert row["bytes"] > 0 and row["latency_p50_ms"] > 0 and 0 <= row["NDCG@10"] <= 1
     by_name = {row["name"]: row for row in card["variants"]}
@@ -77,3 +87,11 @@ def test_bad_model_dir_is_a_clear_error(tmp_path, trained, capsys):
     _, data = trained
     assert compress_main(["--model", str(tmp_path / "nope"), *data, "--out", str(tmp_path / "o"), *FAST]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_unknown_student_feature_is_a_clear_error(tmp_path, trained, capsys):
+    root, data = trained
+    code = compress_main(["--model", str(root / "model"), *data, "--out", str(tmp_path / "o"), *FAST,
+                          "--student-disabled-features", "token_overlap,no_such_feature"])
+    assert code == 2
+    assert "unknown ranker features ['no_such_feature']" in capsys.readouterr().err

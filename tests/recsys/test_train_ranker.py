@@ -6,11 +6,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from recsys.evaluate import main as evaluate_main
 from recsys.model_dir import RANKING_FEATURES, load_trained
 from recsys.train import main as train_main
-from recsys.train_ranker import RankerTrainConfig, holdout_split, list_loss, prefix_requests
+from recsys.train_ranker import RankerTrainConfig, holdout_split, list_distillation_loss, list_loss, prefix_requests
 from tests.conftest import checkerboard_dataset
 
 TINY = ["--epochs", "2", "--dim", "8", "--hidden", "16", "--batch-size", "64", "--history-len", "8",
@@ -99,3 +100,19 @@ def test_losses_ignore_empty_slots():
     for kind in ("softmax", "bce"):
         padded = list_loss(logits, valid, kind)
         assert torch.isclose(padded, list_loss(logits[:, :2], valid[:, :2], kind))
+
+
+def test_list_distillation_pulls_toward_the_teacher_and_ignores_empty_slots():
+    valid = torch.tensor([[True, True, True, False]])
+    teacher = torch.tensor([[3.0, 1.0, 0.0, 50.0]])
+    same = list_distillation_loss(teacher.clone(), teacher, valid, 2.0)
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+    # Only the empty slot differs: still nothing to learn.
+    assert list_distillation_loss(torch.tensor([[3.0, 1.0, 0.0, -9.0]]), teacher, valid, 2.0).item() == pytest.approx(
+        0.0, abs=1e-6)
+    student = torch.zeros(1, 4, requires_grad=True)
+    loss = list_distillation_loss(student, teacher, valid, 2.0)
+    loss.backward()
+    assert loss.item() > 0.1
+    assert student.grad[0, 0] < 0 < student.grad[0, 2]  # raise the teacher's favourite, lower its last
+    assert student.grad[0, 3] == 0

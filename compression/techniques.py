@@ -1,0 +1,122 @@
+"""The other compression techniques the field uses, as options the report card measures.
+
+- Magnitude pruning: the ranker's weights with the smallest |w| (one global threshold over its
+  linear layers) are set to zero, no fine-tuning.
+- Low-rank factorisation: each linear layer of the ranker and of the user tower's MLP is
+  replaced by two thinner ones from its truncated SVD, at the smallest rank keeping ``energy``
+  of the squared singular values, wherever that has fewer parameters.
+- fp16: the exported ONNX models stored in float16 (inputs and outputs stay float32).
+
+Each builds a variant of the distilled student; `pick_published` keeps one for the served
+bundle only when it beats the plain compressed variant.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from compression.students import Student
+
+log = logging.getLogger(__name__)
+
+PRUNE_SPARSITY = 0.5
+SVD_ENERGY = 0.9
+# A technique must keep this share of the plain compressed variant's NDCG@10 to replace it.
+KEEP_QUALITY = 0.995
+
+
+def pruned(student: Student, sparsity: float = PRUNE_SPARSITY) -> Student:
+    """The student with its ranker magnitude-pruned to ``sparsity`` (share of weights zeroed)."""
+    ranker = copy.deepcopy(student.ranker).eval()
+    weights = [module.weight for module in ranker.modules() if isinstance(module, nn.Linear)]
+    magnitudes = torch.cat([w.detach().abs().flatten() for w in weights])
+    threshold = torch.quantile(magnitudes, sparsity)
+    with torch.no_grad():
+        for weight in weights:
+            weight.mul_(weight.abs() > threshold)
+    zeroed = float(sum(int((w == 0).sum()) for w in weights)) / magnitudes.numel()
+    return replace(student, name=f"{student.name}-pruned", ranker=ranker,
+                   summary={**student.summary, "pruned": {"sparsity": round(zeroed, 4)}})
+
+
+def low_rank(student: Student, energy: float = SVD_ENERGY) -> Student:
+    """The student with its ranker's and user MLP's linear layers factorised where that is smaller."""
+    towers, ranker = copy.deepcopy(student.towers).eval(), copy.deepcopy(student.ranker).eval()
+    report = {}
+    for prefix, model in (("user_mlp", towers.user_mlp), ("ranker", ranker)):
+        report.update(_factorise_all(model, prefix, energy))
+    return replace(student, name=f"{student.name}-lowrank", towers=towers, ranker=ranker,
+                   summary={**student.summary, "low_rank": {"energy": energy, "layers": report}})
+
+
+def _factorise_all(model: nn.Module, prefix: str, energy: float) -> dict[str, list[int]]:
+    report = {}
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if not isinstance(child, nn.Linear):
+                continue
+            factorised = factorise(child, energy)
+            if factorised is not None:
+                setattr(module, child_name, factorised)
+                path = ".".join(part for part in (prefix, name, child_name) if part)
+                report[path] = [child.in_features, factorised[0].out_features, child.out_features]
+    return report
+
+
+def factorise(linear: nn.Linear, energy: float) -> nn.Sequential | None:
+    """``linear`` as (in -> r, no bias) then (r -> out) from its SVD, or None when not smaller."""
+    weight = linear.weight.detach()  # [out, in]
+    u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+    kept = torch.cumsum(s**2, 0) / (s**2).sum()
+    rank = int(torch.searchsorted(kept, torch.tensor(energy)).item()) + 1
+    if rank * (linear.in_features + linear.out_features) >= linear.in_features * linear.out_features:
+        return None
+    first = nn.Linear(linear.in_features, rank, bias=False)
+    second = nn.Linear(rank, linear.out_features, bias=linear.bias is not None)
+    with torch.no_grad():
+        first.weight.copy_(vh[:rank])
+        second.weight.copy_(u[:, :rank] * s[:rank])
+        if linear.bias is not None:
+            second.bias.copy_(linear.bias)
+    return nn.Sequential(first, second)
+
+
+def to_fp16(path: Path) -> None:
+    """Rewrite an ONNX model with float16 weights and compute, float32 inputs and outputs."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+    onnx.save(model, str(path))
+
+
+def pick_published(rows: list[dict], candidates: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """The variant to publish as ``compressed``: a technique replaces the plain one only when it
+    keeps ``KEEP_QUALITY`` of its NDCG@10 and is no larger and no slower (p50). Returns the name
+    and, per candidate, why it was or was not kept."""
+    by_name = {row["name"]: row for row in rows}
+    base = by_name["compressed"]
+    chosen, reasons = "compressed", {}
+    for name in candidates:
+        row = by_name.get(name)
+        if row is None:
+            continue
+        losses = []
+        if row["NDCG@10"] < KEEP_QUALITY * base["NDCG@10"]:
+            losses.append(f"NDCG@10 {row['NDCG@10']:.4f} < {KEEP_QUALITY} x {base['NDCG@10']:.4f}")
+        if row["bytes"] > base["bytes"]:
+            losses.append(f"{row['bytes']:,} bytes > {base['bytes']:,}")
+        if row["latency_p50_ms"] > base["latency_p50_ms"]:
+            losses.append(f"p50 {row['latency_p50_ms']:.3f} ms > {base['latency_p50_ms']:.3f}")
+        if losses:
+            reasons[name] = "not kept: " + "; ".join(losses)
+        elif by_name[chosen]["NDCG@10"] <= row["NDCG@10"] or chosen == "compressed":
+            chosen, reasons[name] = name, "kept: as good, no larger, no slower"
+    log.info("published as compressed: %s (%s)", chosen, reasons)
+    return chosen, reasons

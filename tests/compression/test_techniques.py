@@ -1,0 +1,37 @@
+"""Pruning, low-rank factorisation and the rule that decides whether a technique is served."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from compression.techniques import KEEP_QUALITY, factorise, pick_published
+
+
+def test_factorise_reproduces_a_low_rank_layer_and_refuses_when_not_smaller():
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 48)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(48, 4) @ torch.randn(4, 64))  # rank 4
+    thin = factorise(layer, energy=0.999)
+    assert thin is not None and thin[0].out_features <= 4
+    x = torch.randn(5, 64)
+    assert torch.allclose(thin(x), layer(x), atol=1e-4)
+    full_rank = nn.Linear(8, 8)
+    assert factorise(full_rank, energy=0.999) is None  # two 8 x r layers would not be smaller
+
+
+def row(name, ndcg, size, p50):
+    return {"name": name, "NDCG@10": ndcg, "bytes": size, "latency_p50_ms": p50}
+
+
+def test_a_technique_is_served_only_when_it_wins_on_every_count():
+    base = row("compressed", 0.14, 1000, 1.0)
+    smaller = row("compressed-lowrank", 0.14 * KEEP_QUALITY, 900, 0.9)
+    worse = row("compressed-pruned", 0.10, 1000, 1.0)
+    chosen, why = pick_published([base, smaller, worse], ("compressed-pruned", "compressed-lowrank"))
+    assert chosen == "compressed-lowrank" and why["compressed-lowrank"].startswith("kept")
+    assert why["compressed-pruned"].startswith("not kept") and "NDCG@10" in why["compressed-pruned"]
+    slower = row("compressed-lowrank", 0.15, 900, 1.2)
+    chosen, why = pick_published([base, slower], ("compressed-lowrank",))
+    assert chosen == "compressed" and "p50" in why["compressed-lowrank"]

@@ -46,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-users", type=int, default=None, help="sample test users on very large data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-publish", action="store_true", help="measure only")
+    parser.add_argument("--sequential", action="store_true",
+                        help="train the two students one after the other (default: in parallel with 2+ cores)")
     parser.add_argument("--reports-dir", default="reports/compression")
     args = parser.parse_args(argv)
     if args.ranker_distill_weight < 0 or args.ranker_distill_temperature <= 0:
@@ -64,7 +66,8 @@ def config_from(args: argparse.Namespace) -> CompressConfig:
     return CompressConfig(student=student, distill=TowerDistillConfig(), ranker_distill=ranker_distill,
                           threshold=args.threshold,
                           latency_requests=args.latency_requests, eval_users=args.eval_users,
-                          publish=not args.no_publish, reports_dir=Path(args.reports_dir) if args.reports_dir else None)
+                          publish=not args.no_publish, parallel_students=not args.sequential,
+                          reports_dir=Path(args.reports_dir) if args.reports_dir else None)
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +42,7 @@ class CompressConfig:
     threshold: float = 0.97
     latency_requests: int = 300
     techniques: bool = True  # also measure pruning and low-rank variants (fp16 is always measured)
+    parallel_students: bool = True  # train the undistilled student in a second process
     eval_users: int | None = None
     target_recall: float = 0.95
     publish: bool = True
@@ -122,9 +126,7 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
     requests = sample_requests(split, cfg.latency_requests, seed)
     eval_split = evaluation_sample(split, cfg.eval_users, seed)
     teacher = teacher_student(trained, tables)
-    nokd = train_student("student-nokd", trained, split, tables, cfg.student, distill=None)
-    kd = train_student("student-kd", trained, split, tables, cfg.student, distill=cfg.distill,
-                       ranker_distill=cfg.ranker_distill)
+    nokd, kd = train_students(trained, split, tables, cfg)
     config = {"dataset": dataset.name, "model_dir": str(model_dir), "compress": cfg.to_dict()}
     rows, dirs = [], {}
     for variant in tqdm(plan_variants(teacher, nokd, kd, split.n_items, cfg), desc="variants", unit="variant"):
@@ -165,6 +167,19 @@ def _check_feature_names(names: str, tables: FeatureTables | None) -> None:
     if wanted - known:
         raise ModelSpecError(f"--student-disabled-features: unknown ranker features {sorted(wanted - known)}; "
                              f"the teacher's are {sorted(known) or 'none (no ranker)'}")
+
+
+def train_students(trained, split: Split, tables: FeatureTables | None, cfg: CompressConfig):
+    """(undistilled, distilled) students. They are independent, so with a spare core the
+    undistilled one trains in a child process meanwhile (each seeds itself: same result)."""
+    nokd_args = ("student-nokd", trained, split, tables, cfg.student, None)
+    kd_args = ("student-kd", trained, split, tables, cfg.student, cfg.distill, cfg.ranker_distill)
+    if not cfg.parallel_students or (os.cpu_count() or 1) < 2:
+        return train_student(*nokd_args), train_student(*kd_args)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = pool.submit(train_student, *nokd_args)
+        kd = train_student(*kd_args)
+        return pending.result(), kd
 
 
 def _metrics(row: dict) -> dict:

@@ -95,3 +95,17 @@ def test_unknown_student_feature_is_a_clear_error(tmp_path, trained, capsys):
                           "--student-disabled-features", "token_overlap,no_such_feature"])
     assert code == 2
     assert "unknown ranker features ['no_such_feature']" in capsys.readouterr().err
+
+
+def test_students_trained_in_parallel_match_sequential_ones(trained, capsys):
+    root, data = trained
+    parallel = json.loads((root / "out" / "card.json").read_text())
+    out = root / "sequential"
+    assert compress_main(["--model", str(root / "model"), *data, "--out", str(out), "--threshold", "0.3", *FAST,
+                          "--sequential", "--no-publish"]) == 0
+    sequential = json.loads((out / "card.json").read_text())
+    for name in ("nokd", "kd"):
+        assert sequential["students"][name]["tower_valid_NDCG@10"] == parallel["students"][name]["tower_valid_NDCG@10"]
+    ndcg = {row["name"]: row["NDCG@10"] for row in parallel["variants"]}
+    assert {row["name"]: row["NDCG@10"] for row in sequential["variants"]} == ndcg
+    capsys.readouterr()

@@ -47,11 +47,13 @@ def pruned(student: Student, sparsity: float = PRUNE_SPARSITY) -> Student:
 
 
 def low_rank(student: Student, energy: float = SVD_ENERGY) -> Student:
-    """The student with its ranker's and user MLP's linear layers factorised where that is smaller."""
-    towers, ranker = copy.deepcopy(student.towers).eval(), copy.deepcopy(student.ranker).eval()
+    """The student with its user MLP's (and ranker's) linear layers factorised where that is smaller."""
+    towers = copy.deepcopy(student.towers).eval()
+    ranker = None if student.ranker is None else copy.deepcopy(student.ranker).eval()
     report = {}
     for prefix, model in (("user_mlp", towers.user_mlp), ("ranker", ranker)):
-        report.update(_factorise_all(model, prefix, energy))
+        if model is not None:
+            report.update(_factorise_all(model, prefix, energy))
     return replace(student, name=f"{student.name}-lowrank", towers=towers, ranker=ranker,
                    summary={**student.summary, "low_rank": {"energy": energy, "layers": report}})
 

@@ -109,3 +109,17 @@ def test_students_trained_in_parallel_match_sequential_ones(trained, capsys):
     ndcg = {row["name"]: row["NDCG@10"] for row in parallel["variants"]}
     assert {row["name"]: row["NDCG@10"] for row in sequential["variants"]} == ndcg
     capsys.readouterr()
+
+
+def test_a_retrieval_only_model_compresses_too(trained, tmp_path, capsys):
+    root, data = trained
+    model = tmp_path / "towers-only"
+    assert train_main([*data, "--out", str(model), "--epochs", "1", "--dim", "16", "--hidden", "32",
+                       "--skip-ranker"]) == 0
+    out = tmp_path / "out"
+    assert compress_main(["--model", str(model), *data, "--out", str(out), "--threshold", "0.3", *FAST,
+                          "--no-publish"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    names = {row["name"] for row in card["variants"]}
+    assert "compressed-lowrank" in names and "compressed-pruned" not in names  # nothing to prune without a ranker
+    capsys.readouterr()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -176,10 +177,17 @@ def train_students(trained, split: Split, tables: FeatureTables | None, cfg: Com
     kd_args = ("student-kd", trained, split, tables, cfg.student, cfg.distill, cfg.ranker_distill)
     if not cfg.parallel_students or (os.cpu_count() or 1) < 2:
         return train_student(*nokd_args), train_student(*kd_args)
+    # Plain pickles, made here: multiprocessing's pickler would move the tensors to shared memory
+    # from its feeder thread while this thread trains with them (a segfault at 1M items).
+    payload = pickle.dumps(nokd_args, protocol=pickle.HIGHEST_PROTOCOL)
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending = pool.submit(train_student, *nokd_args)
+        pending = pool.submit(_train_pickled_student, payload)
         kd = train_student(*kd_args)
-        return pending.result(), kd
+        return pickle.loads(pending.result()), kd
+
+
+def _train_pickled_student(payload: bytes) -> bytes:
+    return pickle.dumps(train_student(*pickle.loads(payload)), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _metrics(row: dict) -> dict:

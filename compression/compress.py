@@ -187,6 +187,7 @@ def train_students(trained, split: Split, tables: FeatureTables | None, cfg: Com
 
 
 def _train_pickled_student(payload: bytes) -> bytes:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")  # a spawned child
     return pickle.dumps(train_student(*pickle.loads(payload)), protocol=pickle.HIGHEST_PROTOCOL)
 
 

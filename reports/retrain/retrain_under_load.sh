@@ -1,0 +1,25 @@
+#!/bin/bash
+# make retrain twice while Locust hits the server (bounded: -t 2400s, stopped after the second retrain)
+cd /work/main
+export RECSYS_ADMIN_TOKEN=retrain-demo-token
+B=artifacts/ml-100k/bundles
+rm -f data/events.sqlite*
+if curl -sf http://127.0.0.1:8000/healthz > /dev/null; then echo "port 8000 is taken"; exit 1; fi
+.venv/bin/python -m serving --bundle $B/compressed --host 127.0.0.1 --port 8000 --events-db data/events.sqlite > /tmp/rul/server.log 2>&1 &
+SERVER=$!
+for i in $(seq 60); do curl -sf http://127.0.0.1:8000/readyz > /dev/null && break; sleep 1; done
+echo "== $(date -u +%T) serving $(curl -s http://127.0.0.1:8000/version)"
+RECSYS_LOADTEST_BUNDLE=$B/compressed RECSYS_LOADTEST_RATE=3 .venv/bin/locust -f loadtest/locustfile.py --headless \
+  -u 10 -r 10 -t 2400s --host http://127.0.0.1:8000 --csv /tmp/rul/locust --only-summary > /tmp/rul/locust.log 2>&1 &
+LOCUST=$!
+sleep 60
+for run in 1 2; do
+  echo "== $(date -u +%T) make retrain #$run"
+  start=$(date +%s)
+  make retrain > /tmp/rul/retrain$run.log 2>&1
+  rc=$?
+  echo "== $(date -u +%T) make retrain #$run exit $rc after $(( $(date +%s) - start )) s; serving $(curl -s http://127.0.0.1:8000/version)"
+  sleep 20
+done
+kill -TERM $LOCUST  # background jobs ignore SIGINT in a script; wait $LOCUST; echo "== locust exit $?"
+kill $SERVER; wait $SERVER

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from compression.techniques import to_fp16
 from recsys.bundle_content import INDEX_DIR, RANKER, USER_TOWER, BundleContent, save_content
 from recsys.candidates import history_inputs
 from recsys.data.datasets import Dataset
-from recsys.index import build_index, exact_topk, save_index, tune_query_params
+from recsys.index import build_index, exact_topk, resolve_factory, save_index, tune_query_params
 from recsys.models.two_tower import TwoTower, UserTower
 from recsys.recommender import History
 from recsys.retrieval import all_item_vectors
@@ -76,12 +75,6 @@ def item_titles(dataset: Dataset, split: Split) -> pd.Series | None:
     idx = split.items.to_index(dataset.items["item_id"].to_numpy(), missing=-1)
     keep = idx >= 0
     return pd.Series(dataset.items["title"].to_numpy()[keep], index=idx[keep])
-
-
-def resolve_factory(factory: str, n_items: int) -> str:
-    """``IVF{auto}`` picks nlist ~ 4 sqrt(n) so each list holds a few hundred items."""
-    nlist = max(8, min(65536, int(4 * math.sqrt(n_items))))
-    return factory.replace("{auto}", str(nlist))
 
 
 def build_tuned_index(vectors: np.ndarray, factory: str, queries: np.ndarray, target: float):

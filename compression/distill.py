@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from recsys.index import build_index, search, set_query_params
+from recsys.index import build_index, resolve_factory, search, set_query_params
 from recsys.models.two_tower import TwoTower
 from recsys.pipeline import Pipeline
 from recsys.recommender import History
@@ -35,7 +35,7 @@ TEACHER_NPROBE = 32
 
 
 def _teacher_item_index(vectors: np.ndarray):
-    index = build_index(vectors, f"IVF{max(1, min(int(4 * np.sqrt(len(vectors))), len(vectors) // 39))},Flat")
+    index = build_index(vectors, resolve_factory("IVF{auto},Flat", len(vectors)))
     set_query_params(index, {"nprobe": TEACHER_NPROBE})
     return index
 

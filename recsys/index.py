@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -176,6 +177,13 @@ def _train(index: faiss.Index, factory: str, sample: np.ndarray, seed: int) -> N
         index.train(sample)
     except RuntimeError as exc:
         raise IndexConfigError(f"training {factory!r} on {len(sample)} vectors failed: {_faiss_reason(exc)}") from exc
+
+
+def resolve_factory(factory: str, n: int) -> str:
+    """``IVF{auto}`` picks nlist ~ 4 sqrt(n) so each list holds a few hundred items, and never
+    more lists than ``n`` vectors can train."""
+    nlist = min(max(8, min(65536, int(4 * math.sqrt(n)))), max(1, n // MIN_POINTS_PER_CENTROID))
+    return factory.replace("{auto}", str(nlist))
 
 
 def build_index(vectors: np.ndarray, factory: str, *, seed: int = 0, train_size: int | None = None) -> faiss.Index:

@@ -36,7 +36,7 @@ from recsys.evaluate import evaluate_model
 from recsys.features import TokenTable
 from recsys.models.ranker import Ranker, RankerConfig
 from recsys.models.two_tower import TwoTower, TwoTowerConfig
-from recsys.pipeline import Pipeline, PipelineRecommender
+from recsys.pipeline import N_CANDIDATES, Pipeline, PipelineRecommender
 from recsys.pipeline_torch import TorchRankerScorer, towers_pipeline
 from recsys.ranking_features import (
     LAST_TIMESTAMP,
@@ -217,7 +217,7 @@ def _examples(split: Split, pipeline: Pipeline, cfg: RankerTrainConfig, rng: np.
 
 def list_inputs(pipeline: Pipeline, users: np.ndarray, rows: History, listed: np.ndarray, context: dict | None,
                 retrieved: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-                n_candidates: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                n_candidates: int = N_CANDIDATES) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(user vectors, item vectors, dense features, retrieval ranks) of ``listed`` items [B, C] as
     ``pipeline`` sees these requests; ``retrieved`` = its (user vectors, candidates, scores) when
     already known. An item the retriever did not propose gets rank ``n_candidates`` and its exact score."""

@@ -21,8 +21,12 @@ def history_inputs(users: np.ndarray, recent: np.ndarray, history_len: int,
 
 def search_excluding(index, queries: np.ndarray, k: int, seen: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     """ANN top-k with seen items removed: ask for k + (most seen in the batch), then filter."""
-    from recsys.index import search
+    from recsys.index import search, search_one_without
 
+    if len(queries) == 1 and seen.nnz:
+        found = search_one_without(index, queries, k, seen.indices[seen.indptr[0]:seen.indptr[1]])
+        if found is not None:
+            return _pad_row(found[1][0], found[0][0], k)
     extra = int(np.diff(seen.indptr).max()) if seen.shape[0] else 0
     want = min(k + extra, index.ntotal)
     scores, ids = search(index, queries, want)
@@ -32,6 +36,8 @@ def search_excluding(index, queries: np.ndarray, k: int, seen: sp.csr_matrix) ->
 def drop_seen(ids: np.ndarray, scores: np.ndarray, seen: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Keep each row's first k ids (already ranked) that are not in that row of ``seen``; pad with -1."""
     n_rows, width = ids.shape
+    if n_rows == 1:
+        return _drop_seen_row(ids[0], scores[0], seen.indices[seen.indptr[0]:seen.indptr[1]], k)
     stride = np.int64(max(seen.shape[1], int(ids.max(initial=0)) + 1) + 1)
     rows = np.arange(n_rows, dtype=np.int64)[:, None]
     seen_rows = np.repeat(np.arange(seen.shape[0], dtype=np.int64), np.diff(seen.indptr))
@@ -46,4 +52,24 @@ def drop_seen(ids: np.ndarray, scores: np.ndarray, seen: sp.csr_matrix, k: int) 
         pad = k - kept_ids.shape[1]
         kept_ids = np.pad(kept_ids, ((0, 0), (0, pad)), constant_values=-1)
         kept_scores = np.pad(kept_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return kept_ids, kept_scores
+
+
+def _drop_seen_row(ids: np.ndarray, scores: np.ndarray, seen: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`drop_seen` for a single request, the serving case: plain masks instead of row-keyed lookups."""
+    # A boolean mask is cheaper than np.isin; np.zeros is lazily zeroed memory even for 1M items.
+    banned = np.zeros(max(int(ids.max(initial=0)), int(seen.max(initial=0))) + 1, dtype=bool)
+    banned[seen] = True
+    keep = (ids >= 0) & ~banned[np.maximum(ids, 0)]
+    return _pad_row(ids[keep], scores[keep], k)
+
+
+def _pad_row(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """[1, k] ids and float32 scores from one ranked row: the first k, padded with -1 / -inf."""
+    ids, scores = ids[:k], scores[:k]
+    kept_ids = np.full((1, k), -1, dtype=ids.dtype)
+    kept_scores = np.full((1, k), -np.inf, dtype=np.float32)
+    kept_ids[0, :len(ids)] = ids
+    kept_scores[0, :len(ids)] = scores
+    kept_scores[0, kept_ids[0] < 0] = -np.inf
     return kept_ids, kept_scores

@@ -246,6 +246,23 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     return index.search(queries, k)
 
 
+def search_one_without(index: faiss.Index, query: np.ndarray, k: int,
+                       banned: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Top-``k`` for one query row with the ``banned`` ids skipped inside FAISS, or None when
+    this index type is not one that takes a plain selector (IVF and HNSW read their nprobe /
+    efSearch from the same search parameters, so they keep the over-fetch-and-filter path).
+
+    Skipping inside the scan keeps the heap at ``k`` instead of k + len(banned)."""
+    if not isinstance(index, (faiss.IndexFlat, faiss.IndexScalarQuantizer)):
+        return None
+    query = _as_rows(query, "queries")
+    _check_dim(query, index.d, "queries")
+    # Both selectors stay referenced here: SWIG does not keep IDSelectorNot's inner one alive.
+    skipped = faiss.IDSelectorBatch(np.ascontiguousarray(banned, dtype=np.int64))
+    selector = faiss.IDSelectorNot(skipped)
+    return index.search(query, min(k, index.ntotal), params=faiss.SearchParameters(sel=selector))
+
+
 def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` by inner product (brute force), the ground truth for recall."""
     vectors = _as_rows(vectors, "vectors")

@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-CARD_COLUMNS = ("name", "params", "bytes", "latency_p50_ms", "latency_p99_ms", "HR@10", "NDCG@10")
+CARD_COLUMNS = ("name", "params", "bytes", "latency_p50_ms", "latency_p99_ms", "served_p50_ms", "served_p99_ms",
+                "HR@10", "NDCG@10")
 
 
 def format_cell(value) -> str:

@@ -45,7 +45,7 @@ def test_compress_writes_card_and_serving_bundles(trained, capsys):
     fp16 = json.loads((out / "variants" / "student-fp16" / "runtime.json").read_text())
     assert fp16["user_tower"]["precision"] == "fp16"
     for row in card["variants"]:
-        assert row["bytes"] > 0 and row["latency_p50_ms"] > 0 and 0 <= row["NDCG@10"] <= 1
+        assert row["bytes"] > 0 and row["latency_p50_ms"] > 0 and row["served_p50_ms"] > 0 and 0 <= row["NDCG@10"] <= 1
     by_name = {row["name"]: row for row in card["variants"]}
     assert by_name["compressed"]["bytes"] < by_name["teacher-fp32"]["bytes"] / 2
     assert card["gate"]["passed"] and (out / "card.md").exists() and (out / "card.png").stat().st_size > 1000

@@ -106,8 +106,14 @@ def test_students_trained_in_parallel_match_sequential_ones(trained, capsys):
     sequential = json.loads((out / "card.json").read_text())
     for name in ("nokd", "kd"):
         assert sequential["students"][name]["tower_valid_NDCG@10"] == parallel["students"][name]["tower_valid_NDCG@10"]
-    ndcg = {row["name"]: row["NDCG@10"] for row in parallel["variants"]}
-    assert {row["name"]: row["NDCG@10"] for row in sequential["variants"]} == ndcg
+    # int8 picks static or dynamic quantisation partly by measured latency, which jitters between
+    # runs; variants are compared where both runs made the same picks (the notes name them).
+    parallel_rows = {row["name"]: row for row in parallel["variants"]}
+    compared = [row["name"] for row in sequential["variants"] if row["notes"] == parallel_rows[row["name"]]["notes"]]
+    assert {"teacher-fp32", "student-fp32-nokd", "student-fp32", "student-fp16"} <= set(compared)
+    for row in sequential["variants"]:
+        if row["name"] in compared:
+            assert row["NDCG@10"] == parallel_rows[row["name"]]["NDCG@10"], row["name"]
     capsys.readouterr()
 
 

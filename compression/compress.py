@@ -137,7 +137,7 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
         runtime = build_variant(variant, dirs[variant.name], dataset, split, requests, config)
         row = measure_variant(variant.name, dirs[variant.name], split, requests, eval_split)
         rows.append({**row, "notes": _notes(runtime)})
-    published, kept = pick_published(rows, TECHNIQUES)
+    published, kept = pick_published(rows, TECHNIQUES, cfg.threshold)
     card = {"dataset": dataset.name, "fingerprint": dataset.fingerprint(), "variants": rows,
             "gate": gate(rows, cfg.threshold, published), "ratios": ratios(rows, published),
             "published_variant": published, "techniques": kept, "config": config,

@@ -98,10 +98,15 @@ def to_fp16(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def pick_published(rows: list[dict], candidates: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+def pick_published(rows: list[dict], candidates: tuple[str, ...],
+                   threshold: float | None = None) -> tuple[str, dict[str, str]]:
     """The variant to publish as ``compressed``: a technique replaces the plain one only when it
     keeps ``KEEP_QUALITY`` of its NDCG@10 and is no larger and no slower (p50). Returns the name
-    and, per candidate, why it was or was not kept."""
+    and, per candidate, why it was or was not kept.
+
+    With the gate's ``threshold``: when that pick falls short of ``threshold`` x the teacher's
+    NDCG@10 but a candidate reaches it, the best-scoring such candidate is published instead
+    (a retrain should not publish nothing while a compressed variant passes)."""
     by_name = {row["name"]: row for row in rows}
     base = by_name["compressed"]
     reasons, winners = {}, []
@@ -115,8 +120,24 @@ def pick_published(rows: list[dict], candidates: tuple[str, ...]) -> tuple[str, 
     for name in winners:
         reasons[name] = ("kept: as good, no larger, no slower" if name == chosen
                          else f"not kept: beats plain compressed, but {chosen} scores a higher NDCG@10")
+    if threshold is not None:
+        chosen = _rescue_from_gate(by_name, candidates, threshold, chosen, reasons)
     log.info("published as compressed: %s (%s)", chosen, reasons)
     return chosen, reasons
+
+
+def _rescue_from_gate(by_name: dict[str, dict], candidates: tuple[str, ...], threshold: float, chosen: str,
+                      reasons: dict[str, str]) -> str:
+    bar = threshold * by_name["teacher-fp32"]["NDCG@10"]
+    if by_name[chosen]["NDCG@10"] >= bar:
+        return chosen
+    passing = [name for name in candidates if name in by_name and by_name[name]["NDCG@10"] >= bar]
+    if not passing:
+        return chosen
+    rescue = max(passing, key=lambda name: by_name[name]["NDCG@10"])
+    reasons[rescue] = (f"kept: {chosen} misses the gate (NDCG@10 {by_name[chosen]['NDCG@10']:.4f} < {bar:.4f}), "
+                       f"this one passes it ({by_name[rescue]['NDCG@10']:.4f})")
+    return rescue
 
 
 def _losses(row: dict, base: dict) -> list[str]:

@@ -1,8 +1,15 @@
 #!/bin/bash
 # make retrain twice while Locust hits the server (bounded: -t 2400s, stopped after the second retrain)
-cd /work/main
+#   START_VERSION=<base-log bundle version> bash reports/retrain/retrain_under_load.sh | tee reports/retrain/run.log
+cd "$(dirname "$0")/../.."
+mkdir -p /tmp/rul
 export RECSYS_ADMIN_TOKEN=retrain-demo-token
 B=artifacts/ml-100k/bundles
+# The events are cleared, so serve a bundle built without them (START_VERSION, e.g. the base-log
+# bundle): a bundle trained on deleted events would know users and items the next retrain forgets.
+if [ -n "$START_VERSION" ]; then
+  .venv/bin/python -c "from recsys.bundle import set_current; set_current('$B/compressed', '$START_VERSION')" || exit 1
+fi
 rm -f data/events.sqlite*
 if curl -sf http://127.0.0.1:8000/healthz > /dev/null; then echo "port 8000 is taken"; exit 1; fi
 .venv/bin/python -m serving --bundle $B/compressed --host 127.0.0.1 --port 8000 --events-db data/events.sqlite > /tmp/rul/server.log 2>&1 &
@@ -21,5 +28,8 @@ for run in 1 2; do
   echo "== $(date -u +%T) make retrain #$run exit $rc after $(( $(date +%s) - start )) s; serving $(curl -s http://127.0.0.1:8000/version)"
   sleep 20
 done
-kill -TERM $LOCUST  # background jobs ignore SIGINT in a script; wait $LOCUST; echo "== locust exit $?"
+kill -TERM $LOCUST  # background jobs ignore SIGINT in a script
+wait $LOCUST; echo "== locust exit $?"
 kill $SERVER; wait $SERVER
+cp /tmp/rul/retrain1.log /tmp/rul/retrain2.log /tmp/rul/locust_stats.csv /tmp/rul/locust_failures.csv reports/retrain/
+tail -n 40 /tmp/rul/locust.log > reports/retrain/locust_percentiles.txt

@@ -35,3 +35,18 @@ def test_a_technique_is_served_only_when_it_wins_on_every_count():
     slower = row("compressed-lowrank", 0.15, 900, 1.2)
     chosen, why = pick_published([base, slower], ("compressed-lowrank",))
     assert chosen == "compressed" and "p50" in why["compressed-lowrank"]
+
+
+def test_a_technique_that_passes_the_gate_is_served_when_the_plain_pick_misses_it():
+    teacher = row("teacher-fp32", 0.0900, 5000, 2.0)
+    base = row("compressed", 0.0869, 1000, 1.0)
+    lowrank = row("compressed-lowrank", 0.0909, 990, 1.1)  # better but slower: not a win on every count
+    pruned = row("compressed-pruned", 0.0855, 1000, 1.0)
+    rows, candidates = [teacher, base, lowrank, pruned], ("compressed-pruned", "compressed-lowrank")
+    assert pick_published(rows, candidates)[0] == "compressed"
+    chosen, why = pick_published(rows, candidates, threshold=0.97)
+    assert chosen == "compressed-lowrank" and "misses the gate" in why["compressed-lowrank"]
+    assert why["compressed-pruned"].startswith("not kept")
+    assert pick_published(rows, candidates, threshold=0.9)[0] == "compressed"  # the plain pick passes
+    # Nothing reaches the bar: the plain pick stands and the gate refuses it.
+    assert pick_published(rows, candidates, threshold=1.05)[0] == "compressed"

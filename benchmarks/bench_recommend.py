@@ -12,25 +12,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
 
+from compression.variants import time_requests
 from recsys.runtime import load_serving_model
 
 
-def time_bundle(path: str, n_users: int, reps: int, k: int = 10) -> dict[str, float]:
+def time_bundle(path: str, n_users: int, reps: int) -> dict[str, float]:
     model = load_serving_model(path)
     users = list(model.content.users.ids[:n_users])
-    for user in users:
-        model.recommend(user, k)
-    timings = []
-    for _ in range(reps):
-        for user in users:
-            started = time.perf_counter()
-            model.recommend(user, k)
-            timings.append(time.perf_counter() - started)
-    ms = np.asarray(timings) * 1e3
+    ms = time_requests(model, users * reps, warm=users)
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "n": len(ms)}
 
 

@@ -126,9 +126,14 @@ def pick_published(rows: list[dict], candidates: tuple[str, ...],
     return chosen, reasons
 
 
+def gate_bar(by_name: dict[str, dict], threshold: float) -> float:
+    """The NDCG@10 the published compressed variant must reach: ``threshold`` x the teacher's."""
+    return threshold * by_name["teacher-fp32"]["NDCG@10"]
+
+
 def _rescue_from_gate(by_name: dict[str, dict], candidates: tuple[str, ...], threshold: float, chosen: str,
                       reasons: dict[str, str]) -> str:
-    bar = threshold * by_name["teacher-fp32"]["NDCG@10"]
+    bar = gate_bar(by_name, threshold)
     if by_name[chosen]["NDCG@10"] >= bar:
         return chosen
     passing = [name for name in candidates if name in by_name and by_name[name]["NDCG@10"] >= bar]

@@ -16,12 +16,13 @@ from recsys.bundle_content import INDEX_DIR, RANKER, USER_TOWER
 from recsys.data.datasets import Dataset
 from recsys.evaluate import evaluate_model
 from recsys.pipeline_torch import towers_pipeline
-from recsys.runtime import load_serving_model
+from recsys.runtime import ServingModel, load_serving_model
 from recsys.split import Split
 from recsys.train_towers import sample_users
 
 log = logging.getLogger(__name__)
 
+WARMUP_REQUESTS = 20  # untimed cold requests before timing (ONNX Runtime and FAISS first-call costs)
 SERVED_FILES = (USER_TOWER, RANKER, "item_vectors.npy", "item_vectors_int8.npy", "item_scales.npy",
                 f"{INDEX_DIR}/index.faiss")
 
@@ -76,26 +77,32 @@ def served_bytes(directory: Path) -> int:
     return sum((directory / name).stat().st_size for name in SERVED_FILES if (directory / name).exists())
 
 
-def request_latency(directory: Path, split: Split, requests: np.ndarray, k: int = 10, warmup: int = 20,
-                    served: bool = False) -> dict[str, float]:
-    """Single requests through the serving path, ``latency_p50_ms`` / ``latency_p99_ms``.
-
-    Cold (default): the user tower and the features' user side run on every request. ``served``
-    (``served_p50_ms`` / ``served_p99_ms``): as the server answers a known user it has seen before,
-    with the tower outputs computed at load and the user side cached by a first request per user.
-    """
-    model = load_serving_model(directory, precompute_users=served)
-    user_ids = split.users.to_external(requests)
-    for user in (user_ids if served else user_ids[:warmup]):
+def time_requests(model: ServingModel, user_ids, warm=(), k: int = 10) -> np.ndarray:
+    """Milliseconds of each single ``model.recommend`` for ``user_ids``, after one untimed request
+    per ``warm`` user."""
+    for user in warm:
         model.recommend(user, k)
     timings = np.empty(len(user_ids))
     for i, user in enumerate(user_ids):
         started = time.perf_counter_ns()
         model.recommend(user, k)
         timings[i] = (time.perf_counter_ns() - started) / 1e6
-    prefix = "served" if served else "latency"
-    return {f"{prefix}_p50_ms": float(np.percentile(timings, 50)),
-            f"{prefix}_p99_ms": float(np.percentile(timings, 99))}
+    return timings
+
+
+def request_latency(cold: ServingModel, directory: Path, user_ids) -> dict[str, float]:
+    """p50 / p99 of single requests through the serving path, two ways.
+
+    ``latency_*``: on ``cold`` (loaded without precomputed users), the user tower and the features'
+    user side run on every request. ``served_*``: as the server answers a known user it has seen
+    before, with the tower outputs computed at load and the user side cached by a first request."""
+    served = load_serving_model(directory, precompute_users=True)
+    out = {}
+    for prefix, timings in (("latency", time_requests(cold, user_ids, user_ids[:WARMUP_REQUESTS])),
+                            ("served", time_requests(served, user_ids, user_ids))):
+        out[f"{prefix}_p50_ms"] = float(np.percentile(timings, 50))
+        out[f"{prefix}_p99_ms"] = float(np.percentile(timings, 99))
+    return out
 
 
 def evaluation_sample(split: Split, max_users: int | None, seed: int) -> Split:
@@ -112,7 +119,7 @@ def measure_variant(name: str, directory: Path, split: Split, requests: np.ndarr
     model = load_serving_model(directory, precompute_users=False)
     metrics, _ = evaluate_model(model.recommender(), eval_split, "test")
     row = {"name": name, "params": int(model.runtime.get("params", 0)), "bytes": served_bytes(directory),
-           **request_latency(directory, split, requests), **request_latency(directory, split, requests, served=True),
+           **request_latency(model, directory, split.users.to_external(requests)),
            "HR@10": metrics["HR@10"], "NDCG@10": metrics["NDCG@10"], "HR@10_se": metrics["HR@10_se"],
            "NDCG@10_se": metrics["NDCG@10_se"], "users": metrics["users"],
            "index": model.runtime.get("index", {}).get("factory"),

@@ -84,10 +84,11 @@ class FeatureTables:
         return cache[col]
 
     @cached_property
-    def field_labels(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per affinity field: [n_items, W_f] the item's labels of that field in slot order (0 =
-        none; the profile's column 0 is 0) and [n_items] how many it has (at least 1)."""
-        out = []
+    def affinity_slots(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each item's affinity labels grouped by field, so one gather serves every field:
+        [n_items, sum W_f] labels in slot order (0 = none; the profile's column 0 is 0), [n_fields]
+        the first column of each field's group, [n_items, n_fields] labels per field (at least 1)."""
+        groups, counts = [], []
         for field_index in range(len(self.affinity_fields)):
             mask = (self.affinity_labels > 0) & (self.label_field[self.affinity_labels] == field_index)
             width = max(int(mask.sum(1).max(initial=0)), 1)
@@ -95,17 +96,10 @@ class FeatureTables:
             labels = np.zeros((self.n_items, width), dtype=self.affinity_labels.dtype)
             item, position = np.nonzero(mask)
             labels[item, slot[item, position]] = self.affinity_labels[item, position]
-            out.append((labels, np.maximum(mask.sum(1), 1).astype(np.float64)))
-        return out
-
-    @cached_property
-    def affinity_slots(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`field_labels` side by side: [n_items, sum W_f] labels, [n_fields] first column of each
-        field, [n_items, n_fields] label counts; one gather then serves every field."""
-        labels = np.concatenate([labels for labels, _ in self.field_labels], axis=1)
-        starts = np.cumsum([0] + [labels.shape[1] for labels, _ in self.field_labels[:-1]])
-        counts = np.stack([counts for _, counts in self.field_labels], axis=1)
-        return labels, starts, counts
+            groups.append(labels)
+            counts.append(np.maximum(mask.sum(1), 1).astype(np.float64))
+        starts = np.cumsum([0] + [group.shape[1] for group in groups[:-1]])
+        return np.concatenate(groups, axis=1), starts, np.stack(counts, axis=1)
 
     @cached_property
     def item_token_count(self) -> np.ndarray:
@@ -402,6 +396,8 @@ def _similarity(user: UserSide, cand_vecs: np.ndarray) -> tuple[np.ndarray, ...]
 def _time_columns(tables: FeatureTables, context: dict, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Request time per row and the time-count column it reads: interactions before its own bin."""
     edges = tables.time_edges
+    if TIMESTAMP not in context:  # e.g. serving: the request is "now", after the last edge
+        return np.full(n_rows, float(edges[-1])), np.full(n_rows, len(edges) - 1)
     now = _context_column(context, TIMESTAMP, n_rows)
     now = np.where(np.isnan(now), edges[-1], now)
     return now, np.clip(np.searchsorted(edges, now, side="right") - 1, 0, len(edges) - 1)
@@ -426,18 +422,21 @@ def _time_features(tables: FeatureTables, cands: np.ndarray, context: dict,
                    history_len: np.ndarray) -> list[np.ndarray]:
     """Item popularity and trend as of the request's time bin, item age, user's time gap."""
     n_rows = len(cands)
-    if TIMESTAMP not in context and LAST_TIMESTAMP not in context:  # serving: now, no time gap known
-        items = tables.time_features_at(len(tables.time_edges) - 1)[cands]
-        return [items[..., 0], items[..., 1], items[..., 2], np.zeros((n_rows, 1))]
     now, col = _time_columns(tables, context, n_rows)
     if n_rows and (col == col[0]).all():  # e.g. serving: every request reads the latest column
         items = tables.time_features_at(int(col[0]))[cands]
     else:
         items = item_time_features(tables, cands, np.broadcast_to(col[:, None], cands.shape))
-    last = _context_column(context, LAST_TIMESTAMP, n_rows)
+    return [items[..., 0], items[..., 1], items[..., 2], _time_gap(context, now, history_len)[:, None]]
+
+
+def _time_gap(context: dict, now: np.ndarray, history_len: np.ndarray) -> np.ndarray:
+    """log1p of the time since the user's previous interaction; 0 when it is unknown."""
+    if LAST_TIMESTAMP not in context:
+        return np.zeros(len(now))
+    last = _context_column(context, LAST_TIMESTAMP, len(now))
     gap = np.where(np.isnan(last) | (last < 0) | np.isnan(now), 0.0, np.log1p(np.maximum(now - last, 0)))
-    gap = np.where(history_len > 0, gap, 0.0)
-    return [items[..., 0], items[..., 1], items[..., 2], gap[:, None]]
+    return np.where(history_len > 0, gap, 0.0)
 
 
 @functools.lru_cache(maxsize=8)

@@ -31,5 +31,12 @@ done
 kill -TERM $LOCUST  # background jobs ignore SIGINT in a script
 wait $LOCUST; echo "== locust exit $?"
 kill $SERVER; wait $SERVER
-cp /tmp/rul/retrain1.log /tmp/rul/retrain2.log /tmp/rul/locust_stats.csv /tmp/rul/locust_failures.csv reports/retrain/
+# Full logs (progress bars and all) under raw/ (not tracked); the step lines beside them.
+mkdir -p reports/retrain/raw
+for log in retrain1.log retrain2.log; do
+  cp /tmp/rul/$log reports/retrain/raw/$log
+  tr '\r' '\n' < /tmp/rul/$log | sed 's/^.*\[A//' \
+    | grep -E 'ops\.retrain|INFO __main__|Quality gate|Served as|^- `|^retrain:|rror' > reports/retrain/$log
+done
+cp /tmp/rul/locust_stats.csv /tmp/rul/locust_failures.csv reports/retrain/
 tail -n 40 /tmp/rul/locust.log > reports/retrain/locust_percentiles.txt

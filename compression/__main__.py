@@ -37,8 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tower-epochs", type=int, default=40)
     parser.add_argument("--ranker-epochs", type=int, default=20)
     parser.add_argument("--max-steps-per-epoch", type=int, default=None)
-    parser.add_argument("--student-disabled-features", default="",
-                        help="comma-separated ranker features the students do without (see card notes)")
+    parser.add_argument("--student-disabled-features", default="auto",
+                        help="comma-separated ranker features the students do without; 'auto' (default): the "
+                             "content-overlap ones (affinity:*, token_overlap); '': none")
     parser.add_argument("--ranker-distill-weight", type=float, default=1.0,
                         help="weight of the teacher ranker's list KL in the distilled student's ranker (0: off)")
     parser.add_argument("--ranker-distill-temperature", type=float, default=2.0)

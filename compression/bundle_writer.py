@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from compression.export import count_params, export_onnx, validate_onnx
-from compression.int8 import choose_int8, with_int8_embeddings
+from compression.int8 import choose_int8, int8_user_tower
 from compression.quantize import int8_embedding_table
 from compression.techniques import to_fp16
 from recsys.bundle_content import INDEX_DIR, RANKER, USER_TOWER, BundleContent, save_content
@@ -53,9 +53,9 @@ def tower_feed(towers: TwoTower, history: History, users: np.ndarray) -> dict[st
     return {"users1": users1, "history1": history1}
 
 
-def export_user_tower(towers: TwoTower, path: Path, history: History, check_users: np.ndarray) -> float:
+def export_user_tower(view: UserTower, path: Path, history: History, check_users: np.ndarray) -> float:
     """Export and check the user tower against PyTorch on real rows (a different batch size)."""
-    view = UserTower(towers).eval()
+    towers = view.model
     example = {name: torch.from_numpy(v) for name, v in tower_feed(towers, history, check_users[:2]).items()}
     export_onnx(view, example, ["user_vec"], path)
     return validate_onnx(view, path, tower_feed(towers, history, check_users[:7]), atol=ONNX_ATOL)
@@ -115,7 +115,7 @@ def write_bundle(staging: Path, towers: TwoTower, dataset: Dataset, split: Split
     factory = resolve_factory(spec.index_factory, split.n_items)
     index, runtime["index"] = build_tuned_index(content.dense_item_vectors(), factory, queries, spec.target_recall)
     save_index(index, staging / INDEX_DIR, {"factory": factory, **runtime["index"]})
-    runtime["params"] = count_params(UserTower(towers)) + (count_params(ranker) if ranker is not None else 0)
+    runtime["params"] = count_params(towers) + (count_params(ranker) if ranker is not None else 0)
     content.runtime = runtime
     save_content(content, staging)
     return runtime
@@ -125,13 +125,13 @@ def _write_user_tower(staging: Path, towers: TwoTower, history: History, request
                       spec: BundleSpec) -> dict:
     path = staging / USER_TOWER
     if not spec.int8:
-        diff = export_user_tower(towers, path, history, requests)
+        view = UserTower(towers).eval()
+        diff = export_user_tower(view, path, history, requests)
         if spec.fp16:
-            return _as_fp16(UserTower(towers).eval(), path, tower_feed(towers, history, requests[:7]), diff)
+            return _as_fp16(view, path, tower_feed(towers, history, requests[:7]), diff)
         return {"precision": "fp32", "max_abs_diff": diff}
-    quantized_tables = with_int8_embeddings(towers)
     fp32_dense = staging / "user_tower.fp32.onnx"
-    diff = export_user_tower(quantized_tables, fp32_dense, history, requests)
+    diff = export_user_tower(int8_user_tower(towers), fp32_dense, history, requests)
     calibration = [tower_feed(towers, history, batch) for batch in np.array_split(requests, 8) if len(batch)]
     check = tower_feed(towers, history, requests[:64])
     choice = choose_int8(fp32_dense, path, calibration, check, topk=None)

@@ -8,7 +8,7 @@ import os
 import pickle
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -124,7 +124,8 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
     trained = load_trained(model_dir)
     check_same_data(trained, split.users, split.items, model_dir)
     tables = FeatureTables.load(model_dir / RANKING_FEATURES) if (model_dir / RANKING_FEATURES).exists() else None
-    _check_feature_names(cfg.student.disabled_features, tables)
+    cfg = replace(cfg, student=replace(cfg.student,
+                                       disabled_features=resolve_disabled(cfg.student.disabled_features, tables)))
     seed = cfg.student.seed
     requests = sample_requests(split, cfg.latency_requests, seed)
     eval_split = evaluation_sample(split, cfg.eval_users, seed)
@@ -146,7 +147,9 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
                       "single requests (user tower + ANN + features + ranker), same run",
                       "latency_*: cold, the user tower and the features' user side run per request; served_*: "
                       "as the server answers a known user again (tower output computed at load, user side "
-                      "cached), the same requests after one warm-up pass"]}
+                      "cached), the same requests after one warm-up pass",
+                      "students' ranker features: the teacher's without "
+                      f"{cfg.student.disabled_features.replace(',', ', ') or 'none'} (--student-disabled-features)"]}
     title = f"Compression report card: {dataset.name}"
     write_card(card, out, title)
     if cfg.reports_dir is not None:
@@ -167,12 +170,24 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
     return card
 
 
-def _check_feature_names(names: str, tables: FeatureTables | None) -> None:
+AUTO = "auto"
+
+
+def resolve_disabled(names: str, tables: FeatureTables | None) -> str:
+    """The students' disabled ranker features as explicit names.
+
+    "auto": the teacher's content-overlap features (`FeatureTables.content_features`). On
+    ml-100k, students without them scored NDCG@10 0.1472 against 0.1468 with them, at 0.10 ms
+    less per cold request (reports/compression/ml-100k/student_features.md); the gate still
+    checks every run, and "" keeps the teacher's full set."""
+    if names.strip() == AUTO:
+        return ",".join(tables.content_features()) if tables is not None else ""
     wanted = {name.strip() for name in names.split(",") if name.strip()}
     known = set(tables.feature_names()) if tables is not None else set()
     if wanted - known:
         raise ModelSpecError(f"--student-disabled-features: unknown ranker features {sorted(wanted - known)}; "
                              f"the teacher's are {sorted(known) or 'none (no ranker)'}")
+    return ",".join(sorted(wanted))
 
 
 def train_students(trained, split: Split, tables: FeatureTables | None, cfg: CompressConfig):
@@ -207,7 +222,7 @@ def _notes(runtime: dict) -> str:
     for model in ("user_tower", "ranker"):
         if model in runtime:
             info = runtime[model]
-            parts.append(f"{model} {info['precision']}" + (f" ({info['dense_layers']})" if "dense_layers" in info
+            parts.append(f"{model} {info['precision']}" + (f" ({info['dense_layers']} dense)" if "dense_layers" in info
                                                            else ""))
     return "; ".join(parts)
 

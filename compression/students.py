@@ -32,9 +32,10 @@ class StudentConfig:
     ranker_epochs: int = 20
     seed: int = 0
     max_steps_per_epoch: int | None = None
-    # Ranker features the students do without (comma-separated names, "" = the teacher's set):
-    # what they cost per request is saved; the teacher's logits still carry their signal.
-    disabled_features: str = ""
+    # Ranker features the students do without (comma-separated names; "" = the teacher's set;
+    # "auto" = its content-overlap features, see `resolve_disabled`): what they cost per request
+    # is saved; the teacher's logits still carry their signal.
+    disabled_features: str = "auto"
 
     def to_dict(self) -> dict:
         return asdict(self)

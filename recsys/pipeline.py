@@ -208,7 +208,7 @@ class Pipeline:
         ranked = np.where(cands >= 0, ranked, -np.inf)
         order, top = topk_from_scores(ranked, k)
         clock.lap("ranker")
-        picked = np.take_along_axis(cands, np.maximum(order, 0), axis=1)
+        picked = cands[np.arange(len(cands))[:, None], np.maximum(order, 0)]
         return np.where(order >= 0, picked, -1), top
 
     def _popular(self, k: int, banned: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:

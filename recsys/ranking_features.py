@@ -111,6 +111,22 @@ class FeatureTables:
         """[n_items] first time edge with any interaction before it (0 for items never seen)."""
         return (self.item_time_counts > 0).argmax(1)
 
+    @cached_property
+    def wanted_groups(self) -> dict[str, bool]:
+        """Which user-dependent feature groups have a feature that is not disabled."""
+        def wanted(names: list[str]) -> bool:
+            return bool(names) and not set(self.disabled).issuperset(names)
+
+        return {"cooc": wanted(["cooc_recent"]),
+                "affinity": wanted([f"affinity:{name}" for name in self.affinity_fields]),
+                "token": self.token_vocab > 1 and wanted(["token_overlap"])}
+
+    def content_features(self) -> list[str]:
+        """The content-overlap features: category / genre affinity and token overlap. They cost
+        the most per request (two user-side aggregates and two gathers over every candidate's
+        labels) and overlap most with what the towers learn from the same item tokens."""
+        return [name for name in self.feature_names() if name.startswith("affinity:") or name == "token_overlap"]
+
     def feature_names(self) -> list[str]:
         names = ["retrieval_score", "retrieval_rank", "score_gap", "item_log_count", "user_history_len",
                  "user_mean_pop", "pop_gap", "cooc_recent", "sim_last", "sim_recent_max"]
@@ -283,17 +299,21 @@ class UserSide:
 
 
 def user_side(tables: FeatureTables, history: History, item_vectors: np.ndarray) -> UserSide:
+    """The parts of a feature group that `build_features` will not compute (all of its features
+    disabled, e.g. a student without them) are left empty: that is what a student saves per request."""
     recent = history.recent
     recent_valid = recent >= 0
     user_pop = (np.where(recent_valid, tables.item_log_count[np.maximum(recent, 0)], 0.0).sum(1)
                 / np.maximum(recent_valid.sum(1), 1))[:, None]
     last = recent[:, -RECENT_FOR_OVERLAP:]
-    keys, sums = _cooccurrence_sums(tables, recent)
+    wanted = tables.wanted_groups
+    keys, sums = (_cooccurrence_sums(tables, recent) if wanted["cooc"]
+                  else (np.zeros(0, np.int64), np.zeros(0, np.float64)))
     return UserSide(history_len=np.diff(history.seen.indptr).astype(np.float64), user_pop=user_pop,
                     recent_vecs=item_vectors[np.maximum(last, 0)], recent_valid=last >= 0,
                     cooc_keys=keys, cooc_sums=sums,
-                    affinity_profile=_affinity_profile(tables, recent) if tables.affinity_fields else None,
-                    token_keys=_token_keys(tables, recent) if tables.token_vocab > 1 else None)
+                    affinity_profile=_affinity_profile(tables, recent) if wanted["affinity"] else None,
+                    token_keys=_token_keys(tables, recent) if wanted["token"] else None)
 
 
 def _lookup_sorted(keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -335,7 +355,8 @@ def _token_keys(tables: FeatureTables, recent: np.ndarray) -> np.ndarray:
     last = recent[:, -RECENT_FOR_OVERLAP:]
     tokens = np.where((last >= 0)[..., None], tables.item_tokens[np.maximum(last, 0)], 0)
     rows = np.arange(len(recent), dtype=np.int64)
-    return np.unique((rows[:, None, None] * np.int64(tables.token_vocab) + tokens)[tokens > 0])
+    keys = np.sort((rows[:, None, None] * np.int64(tables.token_vocab) + tokens)[tokens > 0])
+    return keys[_run_starts(keys)]
 
 
 def _token_overlap(tables: FeatureTables, token_keys: np.ndarray, cands: np.ndarray) -> np.ndarray:
@@ -372,8 +393,13 @@ def _sum_by_key(keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.n
     keys, weights = keys[order], weights[order].astype(np.float64)
     if len(keys) == 0:
         return keys, weights
-    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    starts = np.flatnonzero(_run_starts(keys))
     return keys[starts], np.add.reduceat(weights, starts)
+
+
+def _run_starts(sorted_keys: np.ndarray) -> np.ndarray:
+    """Mask of the first entry of each run of equal values (np.unique without its per-call overhead)."""
+    return np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])) if len(sorted_keys) else np.zeros(0, bool)
 
 
 def _cooccurrence(tables: FeatureTables, user: UserSide, cands: np.ndarray) -> np.ndarray:
@@ -481,10 +507,10 @@ def build_features(tables: FeatureTables, history: History, cands: np.ndarray, s
                item_pop, np.log1p(user.history_len)[:, None], user.user_pop, item_pop - user.user_pop]
     columns += group(["cooc_recent"], lambda: [_cooccurrence(tables, user, safe)])
     columns += group(["sim_last", "sim_recent_max"], lambda: list(_similarity(user, cand_vecs)))
-    if user.affinity_profile is not None:
+    if tables.affinity_fields:
         columns += group([f"affinity:{name}" for name in tables.affinity_fields],
                          lambda: _affinity(tables, user.affinity_profile, safe))
-    if user.token_keys is not None:
+    if tables.token_vocab > 1:
         columns += group(["token_overlap"], lambda: [_token_overlap(tables, user.token_keys, safe)])
     if tables.has_time:
         columns += group(list(TIME_FEATURES), lambda: _time_features(tables, safe, context, user.history_len))

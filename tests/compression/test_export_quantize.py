@@ -343,3 +343,39 @@ def test_pick_best_lets_fidelity_break_latency_near_ties():
 def test_measure_latency_reports_percentiles(ranker_fp32):
     result = measure_latency(make_session(ranker_fp32), ranker_feed(8, seed=2), n=20, warmup=2)
     assert 0 < result["p50_ms"] <= result["p99_ms"] and result["n"] == 20
+
+
+def test_int8_user_tower_stays_close_to_the_fp32_tower(checkerboard, checkerboard_split):
+    """Row-wise int8 tables in the user tower: ~4x smaller tables, vectors within int8 rounding."""
+    from compression.int8 import int8_user_tower
+    from recsys.models.two_tower import UserTower
+    from tests.recsys.test_two_tower import train_tiny
+
+    model = train_tiny(checkerboard_split, checkerboard, epochs=2).model.eval()
+    users1 = torch.arange(1, 6)
+    history1 = torch.from_numpy(checkerboard_split.user_history("test").recent[:5, -model.cfg.history_len:]
+                                .astype(np.int64) + 1)
+    fp32, int8 = UserTower(model), int8_user_tower(model)
+    with torch.no_grad():
+        exact, approx = fp32(users1, history1), int8(users1, history1)
+    assert int8.item_table.quantized.dtype == torch.int8
+    assert int8.item_table.quantized.shape == fp32.item_table.weights.shape
+    cosine = torch.nn.functional.cosine_similarity(exact, approx, dim=-1)
+    assert cosine.min() > 0.99, cosine
+
+
+@pytest.mark.parametrize(("fp32_ms", "dynamic", "static", "expected"), [
+    (1.0, (0.99, 0.5), (0.99, 0.6), "dynamic"),  # both faithful, dynamic fastest, fp32 slower
+    (1.0, (0.99, 0.5), (0.80, 0.4), "dynamic"),  # static faster but not faithful enough
+    (1.0, (0.97, 0.52), (0.99, 0.5), "static"),  # as fast within the margin: the more faithful
+    (0.3, (0.99, 0.5), (0.99, 0.45), "fp32"),  # tiny layers: int8 is slower than fp32
+    (0.42, (0.99, 0.5), (0.99, 0.45), "static"),  # fp32 ahead by less than the jitter margin
+    (1.0, (0.5, 0.3), (0.6, 0.3), "fp32"),  # no int8 version is faithful
+])
+def test_dense_layers_pick_fidelity_then_speed_and_fp32_when_int8_does_not_pay(fp32_ms, dynamic, static, expected):
+    from compression.int8 import pick_dense_layers
+
+    stats = {"fp32": {"topk_overlap": 1.0, "max_abs_diff": 0.0, "p50_ms": fp32_ms},
+             "dynamic": {"topk_overlap": dynamic[0], "max_abs_diff": 0.01, "p50_ms": dynamic[1]},
+             "static": {"topk_overlap": static[0], "max_abs_diff": 0.01, "p50_ms": static[1]}}
+    assert pick_dense_layers(stats) == expected

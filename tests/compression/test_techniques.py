@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -50,3 +51,17 @@ def test_a_technique_that_passes_the_gate_is_served_when_the_plain_pick_misses_i
     assert pick_published(rows, candidates, threshold=0.9)[0] == "compressed"  # the plain pick passes
     # Nothing reaches the bar: the plain pick stands and the gate refuses it.
     assert pick_published(rows, candidates, threshold=1.05)[0] == "compressed"
+
+
+def test_students_do_without_the_content_overlap_features_by_default():
+    from compression.compress import resolve_disabled
+    from recsys.recommender import ModelSpecError
+    from tests.recsys.test_ranking_features import hand_tables
+
+    tables = hand_tables()
+    assert resolve_disabled("auto", tables) == "affinity:category,affinity:genres,token_overlap"
+    assert resolve_disabled("", tables) == ""  # the teacher's full set
+    assert resolve_disabled("cooc_recent, token_overlap", tables) == "cooc_recent,token_overlap"
+    assert resolve_disabled("auto", None) == ""  # no ranker, nothing to drop
+    with pytest.raises(ModelSpecError, match="no_such_feature"):
+        resolve_disabled("no_such_feature", tables)

@@ -129,3 +129,18 @@ def test_tables_round_trip_and_context(tmp_path, checkerboard, checkerboard_spli
     users, _ = checkerboard_split.targets("test")
     assert len(context["timestamp"]) == len(users)
     assert (context["last_timestamp"] < context["timestamp"]).all()
+
+
+def test_a_student_without_costly_features_skips_their_user_side_and_keeps_the_rest():
+    from recsys.ranking_features import user_side
+
+    dropped = ("cooc_recent", "affinity:category", "affinity:genres", "token_overlap")
+    full, lean = hand_tables(), hand_tables().without(dropped)
+    history = one_user([0, 1, 2])
+    side = user_side(lean, history, np.eye(5, 4, dtype=np.float32))
+    assert side.affinity_profile is None and side.token_keys is None and len(side.cooc_keys) == 0
+    assert user_side(full, history, np.eye(5, 4, dtype=np.float32)).token_keys is not None
+    got, expected = features_for(lean, history, [3, 4, 0]), features_for(full, history, [3, 4, 0])
+    assert expected["token_overlap"].any() and expected["cooc_recent"].any()  # what is dropped was not zero
+    for name in full.feature_names():
+        assert got[name] == pytest.approx(0.0 if name in dropped else expected[name]), name

@@ -128,3 +128,21 @@ def test_checkerboard_known_answer_through_faiss(checkerboard, checkerboard_spli
     recommender.index = build_index(recommender.item_vectors, "Flat")
     metrics, _ = evaluate_model(recommender, checkerboard_split, "test")
     assert metrics["MRR@10"] == 1.0
+
+
+def test_export_view_with_folded_tables_answers_like_the_model(checkerboard, checkerboard_split):
+    """The user tower's export view precomputes per-item and per-user tables; known users, an
+    unknown user (id 0) and a short left-padded history must get the model's own vectors."""
+    from recsys.models.two_tower import UserTower
+
+    model = train_tiny(checkerboard_split, checkerboard, epochs=2).model.eval()
+    history = checkerboard_split.user_history("test")
+    users1 = torch.tensor([1, 2, 0, checkerboard_split.n_users])
+    history1 = torch.from_numpy(history.recent[[0, 1, 2, 3], -model.cfg.history_len:].astype(np.int64) + 1)
+    history1[2, :-2] = 0  # the unknown user folds in two items
+    with torch.no_grad():
+        expected = model.user_vectors(users1, history1)
+        got = UserTower(model)(users1, history1)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(got[0], got[1])  # a table of identical rows would pass the check above

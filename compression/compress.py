@@ -18,7 +18,7 @@ from compression.distill import RankerDistillConfig, TowerDistillConfig
 from compression.report import write_card
 from compression.students import StudentConfig, sample_requests, teacher_student, train_student
 from compression.techniques import gate_bar, low_rank, pick_published, pruned
-from compression.variants import Variant, build_variant, evaluation_sample, measure_variant
+from compression.variants import Variant, build_variant, evaluation_sample, measure_variant, request_latencies
 from recsys.bundle import new_staging_dir
 from recsys.data.datasets import Dataset
 from recsys.model_dir import RANKING_FEATURES, check_same_data, load_trained
@@ -132,19 +132,23 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
     teacher = teacher_student(trained, tables)
     nokd, kd = train_students(trained, split, tables, cfg)
     config = {"dataset": dataset.name, "model_dir": str(model_dir), "compress": cfg.to_dict()}
-    rows, dirs = [], {}
+    rows, dirs, models = [], {}, {}
     for variant in tqdm(plan_variants(teacher, nokd, kd, split.n_items, cfg), desc="variants", unit="variant"):
         dirs[variant.name] = variant_dir(out, variant.name)
         runtime = build_variant(variant, dirs[variant.name], dataset, split, requests, config)
-        row = measure_variant(variant.name, dirs[variant.name], split, requests, eval_split)
+        models[variant.name], row = measure_variant(variant.name, dirs[variant.name], eval_split)
         rows.append({**row, "notes": _notes(runtime)})
+    latencies = request_latencies(models, split.users.to_external(requests))
+    rows = [{**row, **latencies[row["name"]]} for row in rows]
+    del models
     published, kept = pick_published(rows, TECHNIQUES, cfg.threshold)
     card = {"dataset": dataset.name, "fingerprint": dataset.fingerprint(), "variants": rows,
             "gate": gate(rows, cfg.threshold, published), "ratios": ratios(rows, published),
             "published_variant": published, "techniques": kept, "config": config,
             "students": {"nokd": nokd.summary, "kd": kd.summary},
             "notes": [f"quality on {eval_split.test.shape[0]} test users; latency over {len(requests)} "
-                      "single requests (user tower + ANN + features + ranker), same run",
+                      "single requests (user tower + ANN + features + ranker), same run, round-robin over the "
+                      "variants (each request timed on every variant in turn)",
                       "latency_*: cold, the user tower and the features' user side run per request; served_*: "
                       "as the server answers a known user again (tower output computed at load, user side "
                       "cached), the same requests after one warm-up pass",

@@ -3,6 +3,7 @@ int8 (dynamic or static QDQ, whichever is more faithful per model) for the dense
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -39,13 +40,25 @@ class RowwiseInt8Embedding(nn.Module):
         self.register_buffer("scales", torch.from_numpy(scales))
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
+        index = index.long()  # token ids may come from a narrowed table
         return self.quantized[index].to(torch.float32) * self.scales[index].unsqueeze(-1)
 
 
+def narrowest_int(values: torch.Tensor) -> torch.dtype:
+    """The smallest of int16 / int32 / int64 that holds every value (ids fit int16 in most catalogs)."""
+    peak = int(values.abs().max()) if values.numel() else 0
+    return next(dtype for dtype in (torch.int16, torch.int32, torch.int64) if peak <= torch.iinfo(dtype).max)
+
+
 def int8_user_tower(towers: TwoTower) -> UserTower:
-    """The user tower's export view with its item and user tables stored as row-wise int8; the
-    dense layers stay fp32 here (ONNX Runtime quantises them afterwards)."""
-    return UserTower(towers, tables=lambda name, weights: RowwiseInt8Embedding(weights)).eval()
+    """The user tower's export view with every table it reads stored as row-wise int8 (the item
+    table, the user id and user feature embeddings) and the user token table in the narrowest
+    integer type; the dense layers stay fp32 here (ONNX Runtime quantises them afterwards)."""
+    clone = copy.deepcopy(towers).eval()
+    for name in ("user_id", "user_feature"):
+        setattr(clone, name, RowwiseInt8Embedding(getattr(clone, name).weight))
+    clone.user_tokens = clone.user_tokens.to(narrowest_int(clone.user_tokens))
+    return UserTower(clone, table=RowwiseInt8Embedding).eval()
 
 
 def choose_int8(fp32_path: Path, out_path: Path, calibration: list[dict[str, np.ndarray]],

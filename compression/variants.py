@@ -80,28 +80,40 @@ def served_bytes(directory: Path) -> int:
 def time_requests(model: ServingModel, user_ids, warm=(), k: int = 10) -> np.ndarray:
     """Milliseconds of each single ``model.recommend`` for ``user_ids``, after one untimed request
     per ``warm`` user."""
-    for user in warm:
-        model.recommend(user, k)
-    timings = np.empty(len(user_ids))
+    return time_interleaved({"model": model}, user_ids, warm, k)["model"]
+
+
+def time_interleaved(models: dict[str, ServingModel], user_ids, warm=(), k: int = 10) -> dict[str, np.ndarray]:
+    """`time_requests` for several models at once, round-robin: each request is timed on every
+    model in turn, so a noisy moment on this shared machine hits all of them alike."""
+    for model in models.values():
+        for user in warm:
+            model.recommend(user, k)
+    timings = {name: np.empty(len(user_ids)) for name in models}
     for i, user in enumerate(user_ids):
-        started = time.perf_counter_ns()
-        model.recommend(user, k)
-        timings[i] = (time.perf_counter_ns() - started) / 1e6
+        for name, model in models.items():
+            started = time.perf_counter_ns()
+            model.recommend(user, k)
+            timings[name][i] = (time.perf_counter_ns() - started) / 1e6
     return timings
 
 
-def request_latency(cold: ServingModel, directory: Path, user_ids) -> dict[str, float]:
-    """p50 / p99 of single requests through the serving path, two ways.
+def request_latencies(models: dict[str, ServingModel], user_ids) -> dict[str, dict[str, float]]:
+    """p50 / p99 of single requests through the serving path per model, two ways, each round-robin
+    over all models.
 
-    ``latency_*``: on ``cold`` (loaded without precomputed users), the user tower and the features'
-    user side run on every request. ``served_*``: as the server answers a known user it has seen
+    ``latency_*``: as loaded (without precomputed users), the user tower and the features' user
+    side run on every request. ``served_*``: as the server answers a known user it has seen
     before, with the tower outputs computed at load and the user side cached by a first request."""
-    served = load_serving_model(directory, precompute_users=True)
-    out = {}
-    for prefix, timings in (("latency", time_requests(cold, user_ids, user_ids[:WARMUP_REQUESTS])),
-                            ("served", time_requests(served, user_ids, user_ids))):
-        out[f"{prefix}_p50_ms"] = float(np.percentile(timings, 50))
-        out[f"{prefix}_p99_ms"] = float(np.percentile(timings, 99))
+    out: dict[str, dict[str, float]] = {name: {} for name in models}
+    for prefix in ("latency", "served"):
+        if prefix == "served":
+            for model in models.values():
+                model.cache_known_users()
+        warm = user_ids if prefix == "served" else user_ids[:WARMUP_REQUESTS]
+        for name, timings in time_interleaved(models, user_ids, warm).items():
+            out[name][f"{prefix}_p50_ms"] = float(np.percentile(timings, 50))
+            out[name][f"{prefix}_p99_ms"] = float(np.percentile(timings, 99))
     return out
 
 
@@ -114,17 +126,16 @@ def evaluation_sample(split: Split, max_users: int | None, seed: int) -> Split:
     return Split(split.users, split.items, split.train, sampled.valid, test, split.context_columns)
 
 
-def measure_variant(name: str, directory: Path, split: Split, requests: np.ndarray,
-                    eval_split: Split) -> dict:
+def measure_variant(name: str, directory: Path, eval_split: Split) -> tuple[ServingModel, dict]:
+    """The variant's bundle loaded as serving loads it (without precomputed users), and its card
+    row without latency (`request_latencies` times all variants together)."""
     model = load_serving_model(directory, precompute_users=False)
     metrics, _ = evaluate_model(model.recommender(), eval_split, "test")
     row = {"name": name, "params": int(model.runtime.get("params", 0)), "bytes": served_bytes(directory),
-           **request_latency(model, directory, split.users.to_external(requests)),
            "HR@10": metrics["HR@10"], "NDCG@10": metrics["NDCG@10"], "HR@10_se": metrics["HR@10_se"],
            "NDCG@10_se": metrics["NDCG@10_se"], "users": metrics["users"],
            "index": model.runtime.get("index", {}).get("factory"),
            "recall@100": model.runtime.get("index", {}).get("recall@100"),
            "precision": model.runtime.get("user_tower", {}).get("precision")}
-    log.info("variant %s: NDCG@10 %.4f, p50 %.3f ms, %d bytes", name, row["NDCG@10"], row["latency_p50_ms"],
-             row["bytes"])
-    return row
+    log.info("variant %s: NDCG@10 %.4f, %d bytes", name, row["NDCG@10"], row["bytes"])
+    return model, row

@@ -144,10 +144,19 @@ def bundle_pipeline(bundle_dir: Path, content: BundleContent, threads: int = 1,
                         score_candidates=OnnxRankerScorer(bundle_dir / RANKER, threads) if has_ranker else None,
                         users=content.users, items=content.items, history=content.history)
     if precompute_users:
-        pipeline.encode_users = CachedUserEncoder(encoder, precompute_user_vectors(pipeline, encoder))
-        if has_ranker:
-            pipeline.user_side = CachedUserSide(pipeline)
+        cache_known_users(pipeline)
     return pipeline
+
+
+def cache_known_users(pipeline: Pipeline) -> None:
+    """Answer known users the way the server does: their tower outputs computed now over their
+    stored history, the features' user side cached on first use."""
+    if isinstance(pipeline.encode_users, CachedUserEncoder):
+        return
+    encoder = pipeline.encode_users
+    pipeline.encode_users = CachedUserEncoder(encoder, precompute_user_vectors(pipeline, encoder))
+    if pipeline.has_ranker:
+        pipeline.user_side = CachedUserSide(pipeline)
 
 
 def precompute_user_vectors(pipeline: Pipeline, encoder: OnnxUserEncoder) -> np.ndarray:
@@ -173,6 +182,10 @@ class ServingModel:
         self.n_candidates = int(self.runtime.get("n_candidates", 200))
         self.titles = self._title_array(content)
         self._rows = BoundedCache(USER_CACHE)  # key -1: the unknown user's empty rows
+
+    def cache_known_users(self) -> None:
+        """Switch a model loaded with ``precompute_users=False`` to the server's caches."""
+        cache_known_users(self.pipeline)
 
     @property
     def version(self) -> str:

@@ -142,24 +142,22 @@ class LookupTable(nn.Module):
 class UserTower(nn.Module):
     """Export view: (users1, history1) -> user vectors.
 
-    What depends only on an item (id embedding + its feature tokens) or only on a user (profile
-    + id embedding) is computed once here and exported as two tables, so a request's graph does
-    one gather per table instead of ~40 gather / mask / mean nodes (ONNX Runtime pays per node:
-    this halves the user tower's single-request time). ``tables`` may replace the tables'
-    storage, e.g. by row-wise int8 (``tables(name, weights) -> module``)."""
+    What depends only on the item in a history slot (its id embedding + the mean of its feature
+    tokens) is computed once here and exported as one table, so a request's graph does one
+    gather per slot instead of ~25 gather / mask / mean nodes (ONNX Runtime pays per node: this
+    cuts the user tower's single-request time by ~40 %). The table has as many rows as the id
+    embedding it subsumes, so the file does not grow. ``table`` may store it differently, e.g.
+    as row-wise int8 (``table(weights) -> module``)."""
 
-    def __init__(self, model: TwoTower, tables: Callable[[str, torch.Tensor], nn.Module] | None = None):
+    def __init__(self, model: TwoTower, table: Callable[[torch.Tensor], nn.Module] | None = None):
         super().__init__()
         self.model = model
         with torch.no_grad():
             item_base = model.item_base(torch.arange(model.cfg.n_items + 1))
-            user_static = model.user_static(torch.arange(model.cfg.n_users + 1))
-        make = tables or (lambda name, weights: LookupTable(weights))
-        self.item_table = make("item_base", item_base)
-        self.user_table = make("user_static", user_static)
+        self.item_table = (table or LookupTable)(item_base)
 
     def forward(self, users1: torch.Tensor, history1: torch.Tensor) -> torch.Tensor:
-        return self.model.user_from_parts(self.item_table(history1), history1 > 0, self.user_table(users1))
+        return self.model.user_from_parts(self.item_table(history1), history1 > 0, self.model.user_static(users1))
 
 
 class ItemTower(nn.Module):

@@ -71,3 +71,34 @@ def test_tampered_bundle_is_refused(tiny_bundle, tmp_path):
         handle.write(b"\x01")
     with pytest.raises(BundleChecksumError):
         load_serving_model(copy)
+
+
+def test_card_latency_is_timed_round_robin_cold_then_served(tiny_bundle):
+    from compression.variants import request_latencies
+    from recsys.runtime import CachedUserEncoder
+
+    root, *_ = tiny_bundle
+    calls = []
+
+    class Recording:
+        """A loaded bundle that notes which variant answered each request."""
+
+        def __init__(self, name):
+            self.name, self.model = name, load_serving_model(root, precompute_users=False)
+
+        def recommend(self, user, k):
+            calls.append(self.name)
+            return self.model.recommend(user, k)
+
+        def cache_known_users(self):
+            self.model.cache_known_users()
+
+    models = {"a": Recording("a"), "b": Recording("b")}
+    users = list(models["a"].model.content.users.ids[:30])
+    got = request_latencies(models, users)
+    for name in models:
+        assert set(got[name]) == {"latency_p50_ms", "latency_p99_ms", "served_p50_ms", "served_p99_ms"}
+        assert 0 < got[name]["latency_p50_ms"] <= got[name]["latency_p99_ms"]
+        assert isinstance(models[name].model.pipeline.encode_users, CachedUserEncoder)  # served: the server's caches
+    timed = calls[-2 * len(users):]  # the served pass's timed requests, after its warm-up
+    assert timed == ["a", "b"] * len(users)

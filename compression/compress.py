@@ -147,8 +147,8 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
             "published_variant": published, "techniques": kept, "config": config,
             "students": {"nokd": nokd.summary, "kd": kd.summary},
             "notes": [f"quality on {eval_split.test.shape[0]} test users; latency over {len(requests)} "
-                      "single requests (user tower + ANN + features + ranker), same run, round-robin over the "
-                      "variants (each request timed on every variant in turn)",
+                      "single requests (user tower + ANN + features + ranker), same run, the variants taking "
+                      "turns in blocks of 20 requests",
                       "latency_*: cold, the user tower and the features' user side run per request; served_*: "
                       "as the server answers a known user again (tower output computed at load, user side "
                       "cached), the same requests after one warm-up pass",

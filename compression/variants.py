@@ -23,6 +23,7 @@ from recsys.train_towers import sample_users
 log = logging.getLogger(__name__)
 
 WARMUP_REQUESTS = 20  # untimed cold requests before timing (ONNX Runtime and FAISS first-call costs)
+TIMING_BLOCK = 20  # requests a variant answers in a row before the next variant's turn
 SERVED_FILES = (USER_TOWER, RANKER, "item_vectors.npy", "item_vectors_int8.npy", "item_scales.npy",
                 f"{INDEX_DIR}/index.faiss")
 
@@ -83,18 +84,23 @@ def time_requests(model: ServingModel, user_ids, warm=(), k: int = 10) -> np.nda
     return time_interleaved({"model": model}, user_ids, warm, k)["model"]
 
 
-def time_interleaved(models: dict[str, ServingModel], user_ids, warm=(), k: int = 10) -> dict[str, np.ndarray]:
-    """`time_requests` for several models at once, round-robin: each request is timed on every
-    model in turn, so a noisy moment on this shared machine hits all of them alike."""
+def time_interleaved(models: dict[str, ServingModel], user_ids, warm=(), k: int = 10,
+                     block: int = TIMING_BLOCK) -> dict[str, np.ndarray]:
+    """`time_requests` for several models at once, in blocks of ``block`` requests taken in turn,
+    so a noisy moment on this shared machine hits all of them alike. Within a block a model runs
+    back to back, as a server does; the block's first request runs once untimed beforehand, so no
+    model is timed straight after another one has taken over the CPU caches."""
     for model in models.values():
         for user in warm:
             model.recommend(user, k)
     timings = {name: np.empty(len(user_ids)) for name in models}
-    for i, user in enumerate(user_ids):
+    for start in range(0, len(user_ids), block):
         for name, model in models.items():
-            started = time.perf_counter_ns()
-            model.recommend(user, k)
-            timings[name][i] = (time.perf_counter_ns() - started) / 1e6
+            model.recommend(user_ids[start], k)
+            for i in range(start, min(start + block, len(user_ids))):
+                started = time.perf_counter_ns()
+                model.recommend(user_ids[i], k)
+                timings[name][i] = (time.perf_counter_ns() - started) / 1e6
     return timings
 
 

@@ -1,5 +1,6 @@
 """Int8 versions of the served models: row-wise int8 tables inside the user tower, ORT
-int8 (dynamic or static QDQ, whichever is more faithful per model) for the dense layers."""
+int8 (dynamic or static QDQ, whichever is more faithful per model) for the dense layers, or fp32
+dense layers where int8 is not faster on a single request."""
 
 from __future__ import annotations
 

@@ -105,8 +105,8 @@ def time_interleaved(models: dict[str, ServingModel], user_ids, warm=(), k: int 
 
 
 def request_latencies(models: dict[str, ServingModel], user_ids) -> dict[str, dict[str, float]]:
-    """p50 / p99 of single requests through the serving path per model, two ways, each round-robin
-    over all models.
+    """p50 / p99 of single requests through the serving path per model, two ways, the models
+    taking turns (`time_interleaved`).
 
     ``latency_*``: as loaded (without precomputed users), the user tower and the features' user
     side run on every request. ``served_*``: as the server answers a known user it has seen

@@ -152,8 +152,7 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
                       "latency_*: cold, the user tower and the features' user side run per request; served_*: "
                       "as the server answers a known user again (tower output computed at load, user side "
                       "cached), the same requests after one warm-up pass",
-                      "students' ranker features: the teacher's without "
-                      f"{cfg.student.disabled_features.replace(',', ', ') or 'none'} (--student-disabled-features)"]}
+                      _student_features_note(cfg.student.disabled_features)]}
     title = f"Compression report card: {dataset.name}"
     write_card(card, out, title)
     if cfg.reports_dir is not None:
@@ -229,6 +228,11 @@ def _notes(runtime: dict) -> str:
             parts.append(f"{model} {info['precision']}" + (f" ({info['dense_layers']} dense)" if "dense_layers" in info
                                                            else ""))
     return "; ".join(parts)
+
+
+def _student_features_note(disabled: str) -> str:
+    kept = f"the teacher's without {disabled.replace(',', ', ')}" if disabled else "all of the teacher's"
+    return f"students' ranker features: {kept} (--student-disabled-features)"
 
 
 def _discard(dirs: dict[str, Path]) -> None:

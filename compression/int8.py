@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 DENSE_OPS = ("MatMul", "Gemm")
 MIN_TOPK_OVERLAP = 0.9
-LATENCY_MARGIN = 0.1  # as in pick_best: single-request timings here jitter by about this much
+LATENCY_MARGIN = 0.1  # single-request timings here jitter by about this much
 
 
 class RowwiseInt8Embedding(nn.Module):
@@ -97,10 +97,12 @@ def choose_int8(fp32_path: Path, out_path: Path, calibration: list[dict[str, np.
 def pick_dense_layers(stats: dict[str, dict]) -> str:
     """"fp32", "dynamic" or "static" from each one's measured fidelity and p50 (see `choose_int8`)."""
     faithful = {mode: s for mode, s in stats.items() if mode != "fp32" and s["topk_overlap"] >= MIN_TOPK_OVERLAP}
-    chosen = pick_best(faithful, min_topk_overlap=MIN_TOPK_OVERLAP) if faithful else "fp32"
-    return "fp32" if chosen != "fp32" and _clearly_faster(stats["fp32"], stats[chosen]) else chosen
+    if not faithful:
+        return "fp32"
+    chosen = pick_best(faithful, min_topk_overlap=MIN_TOPK_OVERLAP, latency_margin=LATENCY_MARGIN)
+    return "fp32" if _clearly_faster(stats["fp32"], stats[chosen]) else chosen
 
 
 def _clearly_faster(a: dict, b: dict) -> bool:
-    """``a``'s p50 beats ``b``'s by more than the jitter `pick_best` allows for."""
+    """``a``'s p50 beats ``b``'s by more than the jitter margin."""
     return a["p50_ms"] < (1 - LATENCY_MARGIN) * b["p50_ms"]

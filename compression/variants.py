@@ -111,16 +111,15 @@ def request_latencies(models: dict[str, ServingModel], user_ids) -> dict[str, di
     ``latency_*``: as loaded (without precomputed users), the user tower and the features' user
     side run on every request. ``served_*``: as the server answers a known user it has seen
     before, with the tower outputs computed at load and the user side cached by a first request."""
-    out: dict[str, dict[str, float]] = {name: {} for name in models}
-    for prefix in ("latency", "served"):
-        if prefix == "served":
-            for model in models.values():
-                model.cache_known_users()
-        warm = user_ids if prefix == "served" else user_ids[:WARMUP_REQUESTS]
-        for name, timings in time_interleaved(models, user_ids, warm).items():
-            out[name][f"{prefix}_p50_ms"] = float(np.percentile(timings, 50))
-            out[name][f"{prefix}_p99_ms"] = float(np.percentile(timings, 99))
-    return out
+    cold = time_interleaved(models, user_ids, user_ids[:WARMUP_REQUESTS])
+    for model in models.values():
+        model.cache_known_users()
+    served = time_interleaved(models, user_ids, user_ids)
+    return {name: {**_percentiles("latency", cold[name]), **_percentiles("served", served[name])} for name in models}
+
+
+def _percentiles(prefix: str, timings: np.ndarray) -> dict[str, float]:
+    return {f"{prefix}_p{q}_ms": float(np.percentile(timings, q)) for q in (50, 99)}
 
 
 def evaluation_sample(split: Split, max_users: int | None, seed: int) -> Split:

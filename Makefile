@@ -1,4 +1,4 @@
-# Two commands a newcomer needs: `make serve` (main job) and `make test`.
+# Two commands a newcomer needs: `make serve` (main job) and `make test` (`make test-fast` while editing).
 PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,7 +13,7 @@ WORKERS ?= 1
 TRAIN_ARGS ?=
 COMPRESS_ARGS ?=
 
-.PHONY: setup test lint evaluate train bundles serve bench clean
+.PHONY: setup test test-fast test-slow lint evaluate train bundles serve bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,8 +28,20 @@ setup: $(VENV)/.installed
 lint: setup
 	$(BIN)/ruff check .
 
+# Two tiers: `test-fast` for the edit loop (tiny artifacts, no real datasets, Locust or retrain);
+# the end-to-end tests are marked `slow`. `make test` (what CI runs) runs both and times each.
+PYTEST := $(BIN)/python -m pytest -q
+timed = start=$$(date +%s); $(2); status=$$?; echo "$(1) tier: $$(( $$(date +%s) - start )) s"; exit $$status
+
 test: setup lint
-	$(BIN)/python -m pytest -q
+	@$(call timed,fast,$(PYTEST) -m "not slow")
+	@$(call timed,slow,$(PYTEST) -m slow)
+
+test-fast: setup
+	@$(call timed,fast,$(PYTEST) -m "not slow")
+
+test-slow: setup
+	@$(call timed,slow,$(PYTEST) -m slow)
 
 evaluate: setup
 	$(BIN)/python -m recsys.evaluate --dataset $(DATASET) --model ease --data-dir $(DATA_DIR)

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import httpx
 
-from recsys.bundle import resolve_bundle
-from recsys.bundle_content import load_content
+from recsys.bundle.content import load_content
+from recsys.bundle.publish import resolve_bundle
 
 log = logging.getLogger("benchmarks.bench_http")
 
@@ -46,8 +46,8 @@ _LISTENING = re.compile(r"Uvicorn running on (http://127\.0\.0\.1:\d+)")
 def make_bundle(root: Path) -> str:
     """The serving tests' fixture bundle, scaled so k=20 is a real top-20."""
     from recsys.split import temporal_split
-    from tests.conftest import checkerboard_dataset
-    from tests.serving.bundles import publish_tiny_bundle
+    from tests.fixtures.bundles import publish_tiny_bundle
+    from tests.fixtures.data import checkerboard_dataset
 
     dataset = checkerboard_dataset(n_users=200, items_per_group=40)
     return publish_tiny_bundle(root, dataset, temporal_split(dataset), seed=0, make_current=True)

@@ -25,10 +25,10 @@ import torch
 
 from recsys.data.datasets import DEFAULT_DATA_DIR, load_dataset
 from recsys.index import set_faiss_threads
-from recsys.pipeline import N_CANDIDATES, STAGES
-from recsys.pipeline_torch import load_pipeline
-from recsys.ranking_features import request_context, slice_context
+from recsys.pipeline.ranker_features import request_context, slice_context
+from recsys.pipeline.recommend import N_CANDIDATES, STAGES
 from recsys.split import temporal_split
+from recsys.train.torch_pipeline import load_pipeline
 
 log = logging.getLogger("benchmarks.bench_pipeline")
 

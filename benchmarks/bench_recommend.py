@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 from compression.variants import time_requests
-from recsys.runtime import load_serving_model
+from recsys.bundle.load import load_serving_model
 
 
 def time_bundle(path: str, n_users: int, reps: int) -> dict[str, float]:

@@ -26,7 +26,7 @@ import time
 import numpy as np
 from fastapi import FastAPI, Response
 
-from recsys.runtime import Recommendation
+from recsys.pipeline.served import Recommendation
 from serving.routes import _items, json_response, recommend_json
 from serving.schemas import ItemScore, RecommendResponse
 

@@ -15,10 +15,10 @@ from pathlib import Path
 from compression.compress import CompressConfig, GateFailed, compress
 from compression.distill import RankerDistillConfig, TowerDistillConfig
 from compression.students import StudentConfig
-from recsys.bundle import BundleError
+from recsys.bundle.manifest import BundleError
 from recsys.data.datasets import DEFAULT_DATA_DIR, load_dataset
 from recsys.data.schema import DataError
-from recsys.recommender import ModelSpecError
+from recsys.pipeline.contract import ModelSpecError
 from recsys.split import temporal_split
 
 log = logging.getLogger(__name__)

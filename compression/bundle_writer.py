@@ -10,18 +10,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from compression.export import count_params, export_onnx, validate_onnx
+from compression.export import count_params, export_onnx, sidecar_path, validate_onnx
 from compression.int8 import choose_int8, int8_user_tower
 from compression.quantize import int8_embedding_table
 from compression.techniques import to_fp16
-from recsys.bundle_content import INDEX_DIR, RANKER, USER_TOWER, BundleContent, save_content
-from recsys.candidates import history_inputs
+from recsys.bundle.content import BundleContent, BundleFiles, save_content
 from recsys.data.datasets import Dataset
+from recsys.data.history import History
 from recsys.index import build_index, exact_topk, resolve_factory, save_index, tune_query_params
 from recsys.models.two_tower import TwoTower, UserTower
-from recsys.recommender import History
-from recsys.retrieval import all_item_vectors
+from recsys.pipeline.retrieve import history_inputs
 from recsys.split import Split
+from recsys.train.torch_pipeline import all_item_vectors
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def write_bundle(staging: Path, towers: TwoTower, dataset: Dataset, split: Split
     queries = _query_vectors(staging, history, towers, requests)
     factory = resolve_factory(spec.index_factory, split.n_items)
     index, runtime["index"] = build_tuned_index(content.dense_item_vectors(), factory, queries, spec.target_recall)
-    save_index(index, staging / INDEX_DIR, {"factory": factory, **runtime["index"]})
+    save_index(index, BundleFiles(staging).index_dir, {"factory": factory, **runtime["index"]})
     runtime["params"] = count_params(towers) + (count_params(ranker) if ranker is not None else 0)
     content.runtime = runtime
     save_content(content, staging)
@@ -123,37 +123,37 @@ def write_bundle(staging: Path, towers: TwoTower, dataset: Dataset, split: Split
 
 def _write_user_tower(staging: Path, towers: TwoTower, history: History, requests: np.ndarray,
                       spec: BundleSpec) -> dict:
-    path = staging / USER_TOWER
+    path = BundleFiles(staging).user_tower
     if not spec.int8:
         view = UserTower(towers).eval()
         diff = export_user_tower(view, path, history, requests)
         if spec.fp16:
             return _as_fp16(view, path, tower_feed(towers, history, requests[:7]), diff)
         return {"precision": "fp32", "max_abs_diff": diff}
-    fp32_dense = staging / "user_tower.fp32.onnx"
+    fp32_dense = path.with_suffix(".fp32.onnx")
     diff = export_user_tower(int8_user_tower(towers), fp32_dense, history, requests)
     calibration = [tower_feed(towers, history, batch) for batch in np.array_split(requests, 8) if len(batch)]
     check = tower_feed(towers, history, requests[:64])
     choice = choose_int8(fp32_dense, path, calibration, check, topk=None)
     fp32_dense.unlink()
-    (staging / "user_tower.fp32.onnx.json").unlink(missing_ok=True)
+    sidecar_path(fp32_dense).unlink(missing_ok=True)
     return {"precision": "int8", "embeddings": "row-wise int8", "dense_layers": choice["chosen"],
             "export_max_abs_diff": diff, "candidates": choice["candidates"]}
 
 
 def _write_ranker(staging: Path, ranker: torch.nn.Module, feeds: list[dict], spec: BundleSpec) -> dict:
-    path = staging / RANKER
+    path = BundleFiles(staging).ranker
     if not spec.int8:
         diff = export_ranker(ranker, path, feeds)
         if spec.fp16:
             return _as_fp16(ranker.eval(), path, {name: v[:3] for name, v in feeds[-1].items()}, diff)
         return {"precision": "fp32", "max_abs_diff": diff}
-    fp32_path = staging / "ranker.fp32.onnx"
+    fp32_path = path.with_suffix(".fp32.onnx")
     diff = export_ranker(ranker, fp32_path, feeds)
     check = {name: np.concatenate([f[name] for f in feeds[-4:]]) for name in feeds[0]}
     choice = choose_int8(fp32_path, path, feeds, check, topk=10)
     fp32_path.unlink()
-    (staging / "ranker.fp32.onnx.json").unlink(missing_ok=True)
+    sidecar_path(fp32_path).unlink(missing_ok=True)
     return {"precision": "int8", "dense_layers": choice["chosen"], "export_max_abs_diff": diff,
             "candidates": choice["candidates"]}
 
@@ -166,16 +166,17 @@ def _as_fp16(module: torch.nn.Module, path: Path, check: dict[str, np.ndarray], 
 
 def _query_vectors(staging: Path, history: History, towers: TwoTower, users: np.ndarray) -> np.ndarray:
     """User vectors of held-out requests, from the exported (possibly int8) tower itself."""
-    from recsys.runtime import OnnxUserEncoder
+    from recsys.pipeline.onnx import OnnxUserEncoder
 
     feed = tower_feed(towers, history, users)
-    return OnnxUserEncoder(staging / USER_TOWER)(feed["users1"], feed["history1"])
+    return OnnxUserEncoder(BundleFiles(staging).user_tower)(feed["users1"], feed["history1"])
 
 
 def publish_bundle(staging: Path, bundles_root: Path, *, kind: str, dataset: Dataset, config: dict,
                    metrics: dict, make_current: bool = True) -> Path:
     """Manifest (sha256 of every file) + atomic publish into ``bundles_root/versions/``."""
-    from recsys.bundle import publish, write_manifest
+    from recsys.bundle.manifest import write_manifest
+    from recsys.bundle.publish import publish
 
     write_manifest(staging, kind=kind, data_fingerprint=dataset.fingerprint(), config=config, metrics=metrics)
     return publish(staging, bundles_root, make_current=make_current)

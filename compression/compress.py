@@ -19,12 +19,12 @@ from compression.report import write_card
 from compression.students import StudentConfig, sample_requests, teacher_student, train_student
 from compression.techniques import gate_bar, low_rank, pick_published, pruned
 from compression.variants import Variant, build_variant, evaluation_sample, measure_variant, request_latencies
-from recsys.bundle import new_staging_dir
+from recsys.bundle.publish import new_staging_dir
 from recsys.data.datasets import Dataset
-from recsys.model_dir import RANKING_FEATURES, check_same_data, load_trained
-from recsys.ranking_features import FeatureTables
-from recsys.recommender import ModelSpecError
+from recsys.pipeline.contract import ModelSpecError
+from recsys.pipeline.ranker_features import FeatureTables
 from recsys.split import Split
+from recsys.train.model_dir import RANKING_FEATURES, check_same_data, load_trained
 
 log = logging.getLogger(__name__)
 

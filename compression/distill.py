@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from recsys.data.history import History
 from recsys.index import build_index, resolve_factory, search, set_query_params
 from recsys.models.two_tower import TwoTower
-from recsys.pipeline import Pipeline
-from recsys.recommender import History
-from recsys.train_ranker import list_inputs
+from recsys.pipeline.recommend import Pipeline
+from recsys.train.ranker import list_inputs
 
 log = logging.getLogger(__name__)
 

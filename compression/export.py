@@ -29,8 +29,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from recsys.bundle import library_versions, sha256_file
-from recsys.runtime import ort_session
+from recsys.bundle.manifest import library_versions, sha256_file
+from recsys.pipeline.onnx import ort_session
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from compression.quantize import (
     quantized_ops,
 )
 from recsys.models.two_tower import TwoTower, UserTower
-from recsys.runtime import ort_session
+from recsys.pipeline.onnx import ort_session
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from onnxruntime.quantization import (
 )
 
 from compression.export import make_session, read_sidecar, write_sidecar
-from recsys.bundle import sha256_file
+from recsys.bundle.manifest import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,13 @@ from functools import partial
 import numpy as np
 
 from compression.distill import ListTeacher, RankerDistillConfig, TowerDistillConfig, TowerDistiller
-from recsys.model_dir import TrainedModel
 from recsys.models.two_tower import TwoTower, TwoTowerConfig
-from recsys.pipeline_torch import TorchRankerScorer, towers_pipeline
-from recsys.ranking_features import FeatureTables
+from recsys.pipeline.ranker_features import FeatureTables
 from recsys.split import Split
-from recsys.train_ranker import RankerTrainConfig, holdout_retriever, train_ranker
-from recsys.train_towers import TowerTrainConfig, train_two_tower
+from recsys.train.model_dir import TrainedModel
+from recsys.train.ranker import RankerTrainConfig, holdout_retriever, train_ranker
+from recsys.train.torch_pipeline import TorchRankerScorer, towers_pipeline
+from recsys.train.towers import TowerTrainConfig, train_two_tower
 
 log = logging.getLogger(__name__)
 

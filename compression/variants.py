@@ -11,21 +11,19 @@ import numpy as np
 
 from compression.bundle_writer import BundleSpec, write_bundle
 from compression.students import Student
-from recsys.bundle import write_manifest
-from recsys.bundle_content import INDEX_DIR, RANKER, USER_TOWER
+from recsys.bundle.content import BundleFiles
+from recsys.bundle.load import load_serving_model
+from recsys.bundle.manifest import write_manifest
 from recsys.data.datasets import Dataset
-from recsys.evaluate import evaluate_model
-from recsys.pipeline_torch import towers_pipeline
-from recsys.runtime import ServingModel, load_serving_model
+from recsys.evaluate.scoring import evaluate_model, sample_users
+from recsys.pipeline.served import ServingModel
 from recsys.split import Split
-from recsys.train_towers import sample_users
+from recsys.train.torch_pipeline import towers_pipeline
 
 log = logging.getLogger(__name__)
 
 WARMUP_REQUESTS = 20  # untimed cold requests before timing (ONNX Runtime and FAISS first-call costs)
 TIMING_BLOCK = 20  # requests a variant answers in a row before the next variant's turn
-SERVED_FILES = (USER_TOWER, RANKER, "item_vectors.npy", "item_vectors_int8.npy", "item_scales.npy",
-                f"{INDEX_DIR}/index.faiss")
 
 
 @dataclass
@@ -75,7 +73,7 @@ def build_variant(variant: Variant, directory: Path, dataset: Dataset, split: Sp
 
 
 def served_bytes(directory: Path) -> int:
-    return sum((directory / name).stat().st_size for name in SERVED_FILES if (directory / name).exists())
+    return sum(path.stat().st_size for path in BundleFiles(directory).served_files())
 
 
 def time_requests(model: ServingModel, user_ids, warm=(), k: int = 10) -> np.ndarray:

@@ -15,13 +15,14 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 import uvicorn
 from fastapi import FastAPI, Query, Response
 from pydantic_core import to_json
 
 from loadtest.traffic import Population
-from recsys.bundle import BundleError, resolve_bundle
+from recsys.bundle.load import read_titles
+from recsys.bundle.manifest import BundleError
+from recsys.bundle.publish import resolve_bundle
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,9 @@ def precomputed_tails(bundle_dir: Path, people: Population) -> tuple[str, dict[b
     """Per fallback flag and k, everything of the body after the ``user`` field."""
     top = people.top_items(MAX_K)
     titles: dict[str, str] = {}
-    if (bundle_dir / "catalog.parquet").exists():
-        catalog = pd.read_parquet(bundle_dir / "catalog.parquet")
-        titles = {people.item_ids[int(row)]: str(title) for row, title in zip(catalog["item"], catalog["title"],
-                                                                              strict=True)}
+    catalog = read_titles(bundle_dir)
+    if catalog is not None:
+        titles = {people.item_ids[int(row)]: str(title) for row, title in catalog.items()}
     items = [{"item_id": item, "score": score, "title": titles.get(item)} for item, score in top]
     version = f"{people.version}-ceiling"
     tails = {fallback: [b""] + [to_json({"items": items[:k], "model_version": version,

@@ -34,7 +34,8 @@ import numpy as np
 from loadtest.harness import HarnessError, LocustStats, pinned, run_locust, running_server
 from loadtest.latency import percentiles
 from loadtest.summary import write_summary
-from recsys.bundle import BundleError, load_manifest, resolve_bundle
+from recsys.bundle.manifest import BundleError, load_manifest
+from recsys.bundle.publish import resolve_bundle
 
 log = logging.getLogger(__name__)
 

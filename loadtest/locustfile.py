@@ -31,7 +31,7 @@ from locust.env import Environment
 from loadtest.checks import events_problem, recommend_problem, similar_problem, unknown_item_problem
 from loadtest.latency import LatencyRecorder, write_final_csv
 from loadtest.traffic import RECOMMEND_KS, LoadConfig, LoadTestConfigError, Population
-from recsys.bundle import BundleError
+from recsys.bundle.manifest import BundleError
 
 log = logging.getLogger("loadtest")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys.bundle import load_manifest, resolve_bundle
+from recsys.bundle.load import read_population
 from recsys.data.idmap import IdMap
 
 ENV_PREFIX = "RECSYS_LOADTEST_"
@@ -124,12 +124,9 @@ class Population:
     @classmethod
     def from_bundle(cls, path: str | os.PathLike[str]) -> Population:
         """Read ids, history and popularity straight from the bundle's files (no model is loaded)."""
-        bundle_dir = resolve_bundle(path)
-        manifest = load_manifest(bundle_dir, verify=False)
-        with np.load(bundle_dir / "history.npz") as history:
-            indptr, indices = history["indptr"], history["indices"]
-        return cls(manifest.bundle_version, IdMap.load(bundle_dir / "users.json"),
-                   IdMap.load(bundle_dir / "items.json"), indptr, indices, np.load(bundle_dir / "popularity.npy"))
+        found = read_population(path)
+        return cls(found.manifest.bundle_version, found.users, found.items, found.seen_indptr, found.seen_indices,
+                   found.popularity)
 
     @property
     def n_items(self) -> int:

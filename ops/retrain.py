@@ -42,7 +42,8 @@ import pandas as pd
 
 from ops.merge import LogFiles, merge_events, write_log
 from ops.server import ReloadFailed, ServerClient
-from recsys.bundle import BundleError, current_version, load_manifest, resolve_bundle
+from recsys.bundle.manifest import BundleError, load_manifest
+from recsys.bundle.publish import current_version, resolve_bundle
 from recsys.data.datasets import BUILTIN, DEFAULT_DATA_DIR, load_dataset
 from recsys.data.events import EventStore
 from recsys.data.schema import DataError

@@ -9,9 +9,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys.data.datasets import Dataset
+from recsys.data.history import History
 from recsys.data.idmap import IdMap
 from recsys.data.schema import ITEM, TIME, USER, DataError
-from recsys.recommender import History
 
 MIN_INTERACTIONS = 3
 MAX_RECENT = 50

@@ -14,7 +14,8 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from recsys.bundle import BundleError, load_manifest, resolve_bundle
+from recsys.bundle.manifest import BundleError, load_manifest
+from recsys.bundle.publish import resolve_bundle
 from serving.settings import Settings, settings_to_env
 
 log = logging.getLogger("serving")

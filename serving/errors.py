@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsys.data.events import InvalidEvent
-from recsys.runtime import UnknownItemError
+from recsys.pipeline.served import UnknownItemError
 from serving.schemas import ErrorResponse
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Info, gener
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recsys.bundle import Manifest
+from recsys.bundle.manifest import Manifest
 
 __all__ = ["CONTENT_TYPE_LATEST", "MetricsMiddleware", "ServingMetrics"]
 

@@ -18,7 +18,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic_core import to_json
 
 from recsys.data.events import Event, EventStore
-from recsys.runtime import Recommendation, UnknownItemError
+from recsys.pipeline.served import Recommendation, UnknownItemError
 from serving.errors import AdminDisabled, InvalidRequest, NotReady, Unauthorized
 from serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from serving.schemas import (

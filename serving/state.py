@@ -14,8 +14,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from recsys.bundle import BundleError, Manifest, resolve_bundle
-from recsys.runtime import ServingModel, load_serving_model
+from recsys.bundle.load import load_serving_model
+from recsys.bundle.manifest import BundleError, Manifest
+from recsys.bundle.publish import resolve_bundle
+from recsys.pipeline.served import ServingModel
 from serving.errors import BundlePathInvalid, BundleRefused, NotReady
 from serving.ids import RequestIds
 from serving.metrics import ServingMetrics

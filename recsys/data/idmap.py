@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-
 _INT_ID = re.compile(r"^-?[0-9]{1,18}$")
 _NO_ID = np.iinfo(np.int64).min
 

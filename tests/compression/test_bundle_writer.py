@@ -6,17 +6,19 @@ import numpy as np
 import pytest
 
 from compression.bundle_writer import BundleSpec, publish_bundle, write_bundle
-from recsys.bundle import BundleChecksumError, new_staging_dir
-from recsys.evaluate import evaluate_model
-from recsys.retrieval import TwoTowerRecommender
-from recsys.runtime import UnknownItemError, load_serving_model
-from tests.recsys.test_two_tower import train_tiny
+from recsys.bundle.load import load_serving_model
+from recsys.bundle.manifest import BundleChecksumError
+from recsys.bundle.publish import new_staging_dir
+from recsys.evaluate.scoring import evaluate_model
+from recsys.pipeline.served import UnknownItemError
+from recsys.train.torch_pipeline import TwoTowerRecommender
+from tests.fixtures.models import train_tiny
 
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory):
     from recsys.split import temporal_split
-    from tests.conftest import checkerboard_dataset
+    from tests.fixtures.data import checkerboard_dataset
 
     dataset = checkerboard_dataset()
     split = temporal_split(dataset)
@@ -75,7 +77,7 @@ def test_tampered_bundle_is_refused(tiny_bundle, tmp_path):
 
 def test_card_latency_is_timed_in_turns_cold_then_served(tiny_bundle):
     from compression.variants import request_latencies
-    from recsys.runtime import CachedUserEncoder
+    from recsys.pipeline.served import CachedUserEncoder
 
     root, *_ = tiny_bundle
     calls = []

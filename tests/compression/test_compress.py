@@ -7,10 +7,11 @@ import json
 import pytest
 
 from compression.__main__ import main as compress_main
-from recsys.bundle import current_version, load_manifest, resolve_bundle
+from recsys.bundle.load import load_serving_model
+from recsys.bundle.manifest import load_manifest
+from recsys.bundle.publish import current_version, resolve_bundle
 from recsys.data.synthetic import SyntheticConfig, generate
-from recsys.runtime import load_serving_model
-from recsys.train import main as train_main
+from recsys.train.cli import main as train_main
 
 FAST = ["--student-dim", "8", "--tower-epochs", "2", "--ranker-epochs", "1", "--latency-requests", "20",
         "--reports-dir", ""]
@@ -61,7 +62,7 @@ def test_compress_writes_card_and_serving_bundles(trained, capsys):
 
 
 def test_evaluate_cli_scores_a_bundle_like_the_card(trained, tmp_path, capsys):
-    from recsys.evaluate import main as evaluate_main
+    from recsys.evaluate.cli import main as evaluate_main
 
     root, data = trained
     out = root / "out"

@@ -38,7 +38,7 @@ from compression.quantize import (
     topk_overlap,
     weight_dtypes,
 )
-from recsys.bundle import sha256_file
+from recsys.bundle.manifest import sha256_file
 
 N_ITEMS, N_FEATS = 1000, 64
 LINEAR_NODES = ["/cross.0/Gemm", "/cross.1/Gemm", "/mlp/mlp.0/Gemm", "/mlp/mlp.2/Gemm", "/mlp/mlp.4/Gemm"]
@@ -349,7 +349,7 @@ def test_int8_user_tower_stays_close_to_the_fp32_tower(checkerboard, checkerboar
     """Row-wise int8 tables in the user tower: ~4x smaller tables, vectors within int8 rounding."""
     from compression.int8 import int8_user_tower
     from recsys.models.two_tower import UserTower
-    from tests.recsys.test_two_tower import train_tiny
+    from tests.fixtures.models import train_tiny
 
     model = train_tiny(checkerboard_split, checkerboard, epochs=2).model.eval()
     users1 = torch.arange(1, 6)

@@ -55,8 +55,8 @@ def test_a_technique_that_passes_the_gate_is_served_when_the_plain_pick_misses_i
 
 def test_students_do_without_the_content_overlap_features_by_default():
     from compression.compress import resolve_disabled
-    from recsys.recommender import ModelSpecError
-    from tests.recsys.test_ranking_features import hand_tables
+    from recsys.pipeline.contract import ModelSpecError
+    from tests.fixtures.tables import hand_tables
 
     tables = hand_tables()
     assert resolve_disabled("auto", tables) == "affinity:category,affinity:genres,token_overlap"

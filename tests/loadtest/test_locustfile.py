@@ -11,7 +11,7 @@ import pytest
 
 from loadtest.harness import LOCUSTFILE, running_server
 from recsys.data.events import EventStore
-from tests.loadtest.tiny import ROOT, locust_env, serving
+from tests.fixtures.tiny import ROOT, locust_env, serving
 
 RUN_S = 5
 

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from ops.server import ServerClient
-from recsys.bundle import current_version, list_versions
+from recsys.bundle.publish import current_version, list_versions
 from recsys.data.events import Event, EventStore
-from tests.loadtest.tiny import ADMIN_TOKEN, ROOT, TRAIN_FAST, serving
+from tests.fixtures.tiny import ADMIN_TOKEN, ROOT, TRAIN_FAST, serving
 
 FAST_COMPRESS = "--student-dim 8 --tower-epochs 2 --ranker-epochs 1 --latency-requests 20"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys.baselines import EASE, ItemKNN, Popularity, RandomScores
-from recsys.evaluate import evaluate_model
-from tests.recsys.recommender_contract import RecommenderContract
+from recsys.evaluate.baselines import EASE, ItemKNN, Popularity, RandomScores
+from recsys.evaluate.scoring import evaluate_model
+from tests.fixtures.contract import RecommenderContract
 
 
 class TestPopularity(RecommenderContract):

@@ -4,24 +4,19 @@ from pathlib import Path
 
 import pytest
 
-from recsys import bundle
-from recsys.bundle import (
+import recsys.bundle.publish as bundle_publish
+from recsys.bundle.manifest import (
     FORMAT_VERSION,
     BundleChecksumError,
     BundleFormatError,
     BundleNotFound,
     BundleVersionExists,
     Manifest,
-    current_version,
-    list_versions,
     load_manifest,
-    new_staging_dir,
-    publish,
-    resolve_bundle,
-    set_current,
     sha256_file,
     write_manifest,
 )
+from recsys.bundle.publish import current_version, list_versions, new_staging_dir, publish, resolve_bundle, set_current
 
 
 def _stage(root: Path, version: str | None = None, payload: bytes = b"weights") -> Path:
@@ -181,7 +176,7 @@ def _fail(*_args, **_kwargs):
 def test_failed_publish_leaves_current_intact(tmp_path, monkeypatch, step):
     _publish(tmp_path, "v1")
     staging = _stage(tmp_path, "v2")
-    monkeypatch.setattr(bundle.os, step, _fail)
+    monkeypatch.setattr(bundle_publish.os, step, _fail)
 
     with pytest.raises(OSError, match="simulated crash"):
         publish(staging, tmp_path)

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from recsys.evaluate import main
+from recsys.evaluate.cli import main
 
 JSON_KEYS = {"HR@10", "NDCG@10", "Recall@20", "NDCG@20", "MRR@10", "coverage@10", "users"}
 

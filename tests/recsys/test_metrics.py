@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys.metrics import topk_metrics
-from recsys.recommender import topk_from_scores
+from recsys.evaluate.metrics import topk_metrics
+from recsys.pipeline.topk import topk_from_scores
 
 
 def test_hand_computed_case():

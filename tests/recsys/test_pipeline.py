@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys.evaluate import evaluate_model
-from recsys.features import build_token_table
-from recsys.pipeline import STAGES, PipelineRecommender
-from recsys.pipeline_torch import towers_pipeline
-from recsys.ranking_features import build_feature_tables, request_context
-from recsys.train_ranker import RankerTrainConfig, train_ranker
-from tests.conftest import checkerboard_dataset
-from tests.recsys.recommender_contract import RecommenderContract
-from tests.recsys.test_two_tower import train_tiny
+from recsys.data.tokens import build_token_table
+from recsys.evaluate.scoring import evaluate_model
+from recsys.pipeline.ranker_features import build_feature_tables, request_context
+from recsys.pipeline.recommend import STAGES, PipelineRecommender
+from recsys.train.ranker import RankerTrainConfig, train_ranker
+from recsys.train.torch_pipeline import towers_pipeline
+from tests.fixtures.contract import RecommenderContract
+from tests.fixtures.data import checkerboard_dataset
+from tests.fixtures.models import train_tiny
 
 TINY_RANKER = RankerTrainConfig(loss="softmax", epochs=3, batch_size=16, lr=0.01, patience=3,
                                 positives_per_user=4, hard_negatives=5, random_negatives=2, examples="retriever")

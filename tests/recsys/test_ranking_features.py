@@ -5,47 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
 
-from recsys.features import TokenTable
-from recsys.ranking_features import (
+from recsys.data.history import History
+from recsys.pipeline.ranker_features import (
     FeatureTables,
-    affinity_tables,
     build_feature_tables,
     build_features,
     cooccurrence_neighbors,
     request_context,
     time_count_table,
 )
-from recsys.recommender import History
-
-VOCAB = ["<pad>", "category:a", "category:b", "genres:x", "genres:y", "title:foo"]
-TOKENS = np.array([[1, 3, 5],  # item 0: a, x, foo
-                   [1, 4, 0],  # item 1: a, y
-                   [2, 3, 0],  # item 2: b, x
-                   [2, 3, 4],  # item 3: b, x, y
-                   [0, 0, 0]])  # item 4: no side information
-
-
-def hand_tables(**overrides) -> FeatureTables:
-    labels, label_field, fields = affinity_tables(TokenTable(TOKENS, VOCAB))
-    neighbors = np.full((5, 2), -1, dtype=np.int32)
-    weights = np.zeros((5, 2), dtype=np.float32)
-    neighbors[2, 0], weights[2, 0] = 3, 0.5  # 2 -> 3
-    neighbors[1, 0], weights[1, 0] = 3, 0.2  # 1 -> 3
-    neighbors[1, 1], weights[1, 1] = 4, 1.0  # 1 -> 4
-    values = dict(item_tokens=TOKENS, affinity_labels=labels, label_field=label_field,
-                  item_log_count=np.log1p(np.array([4, 3, 2, 1, 0], dtype=np.float32)), neighbors=neighbors,
-                  neighbor_weights=weights, time_edges=np.zeros(0, np.int64),
-                  item_time_counts=np.zeros((5, 0), np.uint32), affinity_fields=fields, token_vocab=len(VOCAB))
-    return FeatureTables(**{**values, **overrides})
-
-
-def one_user(recent_items: list[int], width: int = 6) -> History:
-    recent = np.full((1, width), -1, dtype=np.int32)
-    recent[0, width - len(recent_items):] = recent_items
-    seen = sp.csr_matrix((np.ones(len(recent_items)), ([0] * len(recent_items), recent_items)), shape=(1, 5))
-    return History(seen, recent)
+from tests.fixtures.tables import hand_tables, one_user
 
 
 def features_for(tables: FeatureTables, history: History, cands: list[int], context=None) -> dict[str, np.ndarray]:
@@ -116,7 +86,7 @@ def test_cooccurrence_neighbors_follow_sequences():
 
 
 def test_tables_round_trip_and_context(tmp_path, checkerboard, checkerboard_split):
-    from recsys.features import build_token_table
+    from recsys.data.tokens import build_token_table
 
     tokens = build_token_table(checkerboard.items, "item_id", checkerboard_split.items)
     tables = build_feature_tables(checkerboard_split, tokens)
@@ -132,7 +102,7 @@ def test_tables_round_trip_and_context(tmp_path, checkerboard, checkerboard_spli
 
 
 def test_a_student_without_costly_features_skips_their_user_side_and_keeps_the_rest():
-    from recsys.ranking_features import user_side
+    from recsys.pipeline.ranker_features import user_side
 
     dropped = ("cooc_recent", "affinity:category", "affinity:genres", "token_overlap")
     full, lean = hand_tables(), hand_tables().without(dropped)

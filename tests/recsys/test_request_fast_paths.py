@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import recsys.ranking_features as rf
-import recsys.recommender as rec
-from recsys.candidates import drop_seen, search_excluding
+import recsys.pipeline.ranker_features as rf
+import recsys.pipeline.topk as rec
 from recsys.index import search, search_one_without
-from recsys.pipeline import items_csr
-from recsys.recommender import topk_from_scores
-from tests.recsys.test_ranking_features import hand_tables, one_user
+from recsys.pipeline.recommend import items_csr
+from recsys.pipeline.retrieve import drop_seen, search_excluding
+from recsys.pipeline.topk import topk_from_scores
+from tests.fixtures.tables import hand_tables, one_user
 
 
 def _vectors(n: int = 300, d: int = 16, seed: int = 0) -> np.ndarray:

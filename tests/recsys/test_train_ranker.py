@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.evaluate import main as evaluate_main
-from recsys.model_dir import RANKING_FEATURES, load_trained
-from recsys.train import main as train_main
-from recsys.train_ranker import RankerTrainConfig, holdout_split, list_distillation_loss, list_loss, prefix_requests
-from tests.conftest import checkerboard_dataset
+from recsys.evaluate.cli import main as evaluate_main
+from recsys.train.cli import main as train_main
+from recsys.train.model_dir import RANKING_FEATURES, load_trained
+from recsys.train.ranker import RankerTrainConfig, holdout_split, list_distillation_loss, list_loss, prefix_requests
+from tests.fixtures.data import checkerboard_dataset
 
 TINY = ["--epochs", "2", "--dim", "8", "--hidden", "16", "--batch-size", "64", "--history-len", "8",
         "--ranker-epochs", "2", "--ranker-width", "16", "--ranker-depth", "1", "--ranker-positives-per-user", "3",

@@ -8,25 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.evaluate import evaluate_model
-from recsys.evaluate import main as evaluate_main
-from recsys.features import build_token_table
-from recsys.models.two_tower import TwoTowerConfig
-from recsys.retrieval import TwoTowerRecommender, drop_seen
-from recsys.train import main as train_main
-from recsys.train_towers import TowerTrainConfig, sampled_softmax_loss, train_two_tower
-from tests.recsys.recommender_contract import RecommenderContract
-
-TINY = dict(epochs=15, batch_size=64, lr=0.02, patience=15, user_id_dropout=0.0)
-
-
-def train_tiny(split, dataset, seed=0, **overrides):
-    model_cfg = TwoTowerConfig(n_users=split.n_users, n_items=split.n_items, dim=16, hidden=32,
-                               history_len=8, dropout=0.0)
-    item_tokens = build_token_table(dataset.items, "item_id", split.items)
-    user_tokens = build_token_table(dataset.users, "user_id", split.users)
-    cfg = TowerTrainConfig(**{**TINY, "seed": seed, **overrides})
-    return train_two_tower(split, model_cfg, cfg, item_tokens, user_tokens)
+from recsys.data.tokens import build_token_table
+from recsys.evaluate.cli import main as evaluate_main
+from recsys.evaluate.scoring import evaluate_model
+from recsys.pipeline.retrieve import drop_seen
+from recsys.train.cli import main as train_main
+from recsys.train.torch_pipeline import TwoTowerRecommender
+from recsys.train.towers import sampled_softmax_loss
+from tests.fixtures.contract import RecommenderContract
+from tests.fixtures.models import train_tiny
 
 
 class TestTwoTowerContract(RecommenderContract):
@@ -54,7 +44,7 @@ def test_fold_in_user_gets_personal_recommendations(checkerboard, checkerboard_s
     recent[0, -len(group_b):] = group_b
     import scipy.sparse as sp
 
-    from recsys.recommender import History
+    from recsys.data.history import History
 
     seen = sp.csr_matrix((np.ones(len(group_b)), (np.zeros(len(group_b)), group_b)),
                          shape=(1, checkerboard_split.n_items))
@@ -111,7 +101,7 @@ def test_train_cli_writes_a_model_dir_that_evaluate_loads(tmp_path, capsys):
 
 
 def test_model_from_other_dataset_is_refused(tmp_path, checkerboard, checkerboard_split, capsys, data_dir):
-    from recsys.model_dir import save_towers
+    from recsys.train.model_dir import save_towers
 
     result = train_tiny(checkerboard_split, checkerboard, epochs=1)
     item_tokens = build_token_table(checkerboard.items, "item_id", checkerboard_split.items)

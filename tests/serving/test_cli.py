@@ -11,8 +11,8 @@ import pytest
 
 from recsys.data.events import EventStore
 from serving.settings import Settings, settings_to_env
-from tests.conftest import ROOT
-from tests.serving.conftest import free_port, running_server
+from tests.fixtures.data import ROOT
+from tests.fixtures.servers import free_port, running_server
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

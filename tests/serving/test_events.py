@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from recsys.data.events import EventStore
 from serving.app import create_app
-from tests.serving.conftest import running_server
+from tests.fixtures.servers import running_server
 
 
 def stored(settings) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from recsys.bundle import BundleNotFound
-from recsys.runtime import ServingModel
+from recsys.bundle.manifest import BundleNotFound
+from recsys.pipeline.served import ServingModel
 from serving.app import create_app
 from serving.schemas import VersionResponse
 

@@ -10,11 +10,11 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from recsys.bundle import set_current
-from recsys.runtime import ServingModel
+from recsys.bundle.publish import set_current
+from recsys.pipeline.served import ServingModel
 from serving.app import create_app
 from serving.settings import Settings
-from tests.serving.conftest import ADMIN_TOKEN, admin_headers
+from tests.fixtures.servers import ADMIN_TOKEN, admin_headers
 
 HAMMER_THREADS = 4
 REQUESTS_PER_THREAD = 60

@@ -15,7 +15,7 @@ from schemathesis.checks import not_a_server_error, response_schema_conformance,
 
 from serving.app import create_app
 from serving.settings import Settings
-from tests.serving.conftest import ADMIN_TOKEN, admin_headers
+from tests.fixtures.servers import ADMIN_TOKEN, admin_headers
 
 MAX_EXAMPLES = 30
 WITH_INPUT = [("GET", "/recommend"), ("GET", "/similar"), ("POST", "/events"), ("POST", "/admin/reload")]

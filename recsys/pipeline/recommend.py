@@ -22,16 +22,25 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.candidates import drop_seen, history_inputs, search_excluding
+from recsys.data.history import History, as_seen, csr_rows
 from recsys.data.idmap import IdMap
-from recsys.ranking_features import FeatureTables, UserSide, build_features, slice_context
-from recsys.recommender import History, Recommender, as_seen, csr_rows, topk_from_scores
+from recsys.pipeline.contract import Recommender
+from recsys.pipeline.ranker_features import FeatureTables, UserSide, build_features, slice_context
+from recsys.pipeline.retrieve import drop_seen, history_inputs, search_excluding
+from recsys.pipeline.topk import topk_from_scores
 
 UserEncoder = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
 CandidateScorer = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
 UserSideSource = Callable[[np.ndarray, History], UserSide | None]
 
+
 N_CANDIDATES = 200
+
+
 STAGES = ("user_tower", "ann", "features", "ranker", "total")
 
 

@@ -13,11 +13,11 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from recsys.evaluate import evaluate_model
-from recsys.features import TokenTable
+from recsys.data.tokens import TokenTable
+from recsys.evaluate.scoring import evaluate_model, sample_users
 from recsys.models.two_tower import TwoTower, TwoTowerConfig
-from recsys.retrieval import TwoTowerRecommender
 from recsys.split import Split
+from recsys.train.torch_pipeline import TwoTowerRecommender
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +102,6 @@ def validation_ndcg(model: TwoTower, split: Split, max_users: int, seed: int) ->
     sample = split if split.n_users <= max_users else sample_users(split, max_users, seed)
     metrics, _ = evaluate_model(recommender, sample, "valid")
     return metrics["NDCG@10"]
-
-
-def sample_users(split: Split, n: int, seed: int) -> Split:
-    """The same split restricted to a seeded sample of validation users (history intact)."""
-    rng = np.random.default_rng(seed)
-    keep = np.sort(rng.choice(split.n_users, size=n, replace=False))
-    valid = split.valid[split.valid["u"].isin(keep)].reset_index(drop=True)
-    return Split(split.users, split.items, split.train, valid, split.test, split.context_columns)
 
 
 # An extra loss term added to the data loss each step, e.g. a teacher's distillation signal:

@@ -24,20 +24,40 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.features import MULTI_LABEL, TokenTable
-from recsys.recommender import History
+from recsys.data.history import History
+from recsys.data.tokens import MULTI_LABEL, TokenTable
 from recsys.split import Split
 
 TIMESTAMP = "timestamp"
+
+
 LAST_TIMESTAMP = "last_timestamp"
+
+
 RECENT_FOR_OVERLAP = 5  # most recent items whose tokens / vectors the candidate is compared with
+
+
 RECENT_FOR_COOC = 5
+
+
 COOC_DECAY = 0.7  # weight of the j-th most recent item's neighbours: decay ** j
+
+
 TREND_BINS = 2  # "recent" item traffic = the last this-many time bins before the request
+
+
 TIME_FEATURE_CACHE = 4  # time columns whose per-item features are kept (serving reads one)
+
+
 MAX_TIME_CELLS = 20_000_000  # n_items * n_bins cap for the cumulative count table
+
+
 TOKEN_MASK_CELLS = 1 << 24  # batch rows * token vocab up to which token lookups use a dense mask
+
+
 TIME_FEATURES = ("item_pop_asof", "item_trend", "item_age", "user_gap")
+
+
 # Timestamps at or above this look like unix seconds, i.e. comparable across users; Instacart's
 # per-user pseudo-time (order_number * 1000 + cart position) does not, and gets no time features.
 UNIX_TIME_FLOOR = 100_000_000

@@ -18,14 +18,14 @@ from pathlib import Path
 
 from recsys.data.datasets import DEFAULT_DATA_DIR, Dataset, load_dataset
 from recsys.data.schema import DataError
-from recsys.features import build_token_table
-from recsys.model_dir import RANKER, RANKING_FEATURES, ModelDirError, load_trained, save_ranker, save_towers
+from recsys.data.tokens import build_token_table
 from recsys.models.ranker import RankerConfig
 from recsys.models.two_tower import TwoTowerConfig
-from recsys.ranking_features import build_feature_tables
+from recsys.pipeline.ranker_features import build_feature_tables
 from recsys.split import Split, temporal_split
-from recsys.train_ranker import EXAMPLE_SOURCES, RankerTrainConfig, holdout_retriever, train_ranker
-from recsys.train_towers import TowerTrainConfig, train_two_tower
+from recsys.train.model_dir import RANKER, RANKING_FEATURES, ModelDirError, load_trained, save_ranker, save_towers
+from recsys.train.ranker import EXAMPLE_SOURCES, RankerTrainConfig, holdout_retriever, train_ranker
+from recsys.train.towers import TowerTrainConfig, train_two_tower
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,3 @@ def main(argv=None) -> int:
         sys.stderr.write(f"error: {exc}\n")
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,32 +1,35 @@
-"""Load a bundle and answer requests from it: the object the HTTP service holds.
+"""The object the HTTP service holds: one bundle answering requests by user id or item id.
 
-`load_serving_model(path)` verifies the manifest and checksums, opens the ONNX models with one
-thread (serving scales with worker processes), loads the FAISS index, and wires them into the same
-`recsys.pipeline.Pipeline` that evaluation scores. It also precomputes what does not depend on
-the request: the known users' tower vectors over their stored history (the same ONNX session on
-the same inputs, so served == measured). A request then costs one ANN search, the feature
+`ServingModel` wraps the bundle's `Pipeline` (wired by `recsys.bundle.load`) with what does not
+depend on the request: the known users' tower vectors over their stored history (the same ONNX
+session on the same inputs, so served == measured), their history rows and, for the ranker, the
+features' user side, cached on first use. A request then costs one ANN search, the feature
 builder and the ranker.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from recsys.bundle import Manifest, load_manifest, resolve_bundle
-from recsys.bundle_content import INDEX_DIR, RANKER, USER_TOWER, BundleContent, load_content
-from recsys.index import load_index, search, set_faiss_threads
-from recsys.pipeline import Pipeline, PipelineRecommender, items_csr, request_rows
-from recsys.ranking_features import FeatureTables, UserSide, user_side
-from recsys.recommender import History
+from recsys.bundle.content import BundleContent
+from recsys.bundle.manifest import Manifest
+from recsys.data.history import History
+from recsys.index import search
+from recsys.pipeline.onnx import OnnxUserEncoder
+from recsys.pipeline.ranker_features import UserSide, user_side
+from recsys.pipeline.recommend import Pipeline, PipelineRecommender, items_csr, request_rows
 
 log = logging.getLogger(__name__)
 
+
 PRECOMPUTE_BATCH = 4096
+
+
 USER_CACHE = 50_000  # known users whose history rows and feature user side are kept (a few kB each)
 
 
@@ -41,38 +44,6 @@ class Recommendation:
     titles: list[str | None] | None
     fallback: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
-
-
-def ort_session(path: Path, threads: int = 1) -> ort.InferenceSession:
-    """A CPU session the way serving runs it: ``threads`` intra-op threads, sequential, full graph opts."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-class OnnxUserEncoder:
-    """(users1, history1) -> user vectors through the bundle's ONNX user tower."""
-
-    def __init__(self, path: Path, threads: int = 1):
-        self.session = ort_session(path, threads)
-
-    def __call__(self, users1: np.ndarray, history1: np.ndarray) -> np.ndarray:
-        return self.session.run(["user_vec"], {"users1": users1, "history1": history1})[0]
-
-
-class OnnxRankerScorer:
-    """(user_vec, item_vec, dense) -> scores through the bundle's ONNX ranker."""
-
-    def __init__(self, path: Path, threads: int = 1):
-        self.session = ort_session(path, threads)
-
-    def __call__(self, user_vec: np.ndarray, item_vec: np.ndarray, dense: np.ndarray) -> np.ndarray:
-        feed = {name: np.ascontiguousarray(value, dtype=np.float32)
-                for name, value in (("user_vec", user_vec), ("item_vec", item_vec), ("dense", dense))}
-        return self.session.run(["score"], feed)[0]
 
 
 class CachedUserEncoder:
@@ -130,24 +101,6 @@ class CachedUserSide:
         return self.cache.get(user, lambda: user_side(self.pipeline.feature_tables, rows, self.pipeline.item_vectors))
 
 
-def bundle_pipeline(bundle_dir: Path, content: BundleContent, threads: int = 1,
-                    precompute_users: bool = False) -> Pipeline:
-    """The bundle's ONNX Runtime + FAISS stages wired into the one recommend path."""
-    runtime = content.runtime
-    encoder = OnnxUserEncoder(bundle_dir / USER_TOWER, threads)
-    index, _ = load_index(bundle_dir / INDEX_DIR)
-    tables = FeatureTables.from_arrays(content.ranking_arrays) if content.ranking_arrays else None
-    has_ranker = (bundle_dir / RANKER).exists() and tables is not None
-    pipeline = Pipeline(encode_users=encoder, index=index, item_vectors=content.dense_item_vectors(),
-                        popularity=content.popularity, history_len=runtime["history_len"],
-                        n_users=len(content.users), feature_tables=tables if has_ranker else None,
-                        score_candidates=OnnxRankerScorer(bundle_dir / RANKER, threads) if has_ranker else None,
-                        users=content.users, items=content.items, history=content.history)
-    if precompute_users:
-        cache_known_users(pipeline)
-    return pipeline
-
-
 def cache_known_users(pipeline: Pipeline) -> None:
     """Answer known users the way the server does: their tower outputs computed now over their
     stored history, the features' user side cached on first use."""
@@ -160,7 +113,7 @@ def cache_known_users(pipeline: Pipeline) -> None:
 
 
 def precompute_user_vectors(pipeline: Pipeline, encoder: OnnxUserEncoder) -> np.ndarray:
-    from recsys.candidates import history_inputs
+    from recsys.pipeline.retrieve import history_inputs
 
     recent = pipeline.history.recent
     users = np.arange(len(recent))
@@ -172,13 +125,18 @@ def precompute_user_vectors(pipeline: Pipeline, encoder: OnnxUserEncoder) -> np.
 
 
 class ServingModel:
-    def __init__(self, bundle_dir: Path, manifest: Manifest, content: BundleContent, threads: int = 1,
-                 precompute_users: bool = True):
+    """One loaded bundle answering requests. ``open_pipeline(threads=, precompute_users=)`` wires
+    the bundle's stages into a `Pipeline` (`recsys.bundle.load` passes it: only the bundle
+    package knows the bundle's files)."""
+
+    def __init__(self, bundle_dir: Path, manifest: Manifest, content: BundleContent,
+                 open_pipeline: Callable[..., Pipeline], threads: int = 1, precompute_users: bool = True):
         self.bundle_dir = bundle_dir
         self.manifest = manifest
         self.content = content
         self.runtime = content.runtime
-        self.pipeline = bundle_pipeline(bundle_dir, content, threads, precompute_users)
+        self._open_pipeline = open_pipeline
+        self.pipeline = open_pipeline(threads=threads, precompute_users=precompute_users)
         self.n_candidates = int(self.runtime.get("n_candidates", 200))
         self.titles = self._title_array(content)
         self._rows = BoundedCache(USER_CACHE)  # key -1: the unknown user's empty rows
@@ -230,7 +188,7 @@ class ServingModel:
         return self._result(ids[0], scores[0], "popular" if fallback[0] else None, timings)
 
     def similar(self, item_id, k: int) -> Recommendation:
-        from recsys.candidates import drop_seen
+        from recsys.pipeline.retrieve import drop_seen
 
         item = int(self.item_index([item_id])[0])
         if item < 0:
@@ -242,7 +200,7 @@ class ServingModel:
 
     def recommender(self) -> PipelineRecommender:
         """The bundle behind the evaluation contract (tower run on the given history, no cache)."""
-        plain = bundle_pipeline(self.bundle_dir, self.content, precompute_users=False)
+        plain = self._open_pipeline(threads=1, precompute_users=False)
         return PipelineRecommender(plain, self.n_candidates)
 
     def smoke_test(self) -> None:
@@ -254,14 +212,3 @@ class ServingModel:
         fallback = self.recommend("__smoke_test_unknown_user__", 5)
         if not fallback.items or fallback.fallback != "popular":
             raise RuntimeError(f"bundle {self.version} has no working popularity fallback")
-
-
-def load_serving_model(path: str | Path, verify: bool = True, threads: int = 1,
-                       precompute_users: bool = True) -> ServingModel:
-    """Resolve, verify (format version + sha256 of every file) and open a bundle."""
-    bundle_dir = resolve_bundle(path)
-    manifest = load_manifest(bundle_dir, verify=verify)
-    set_faiss_threads(threads)
-    model = ServingModel(bundle_dir, manifest, load_content(bundle_dir), threads, precompute_users)
-    log.info("loaded bundle %s (%s) from %s", model.version, manifest.kind, bundle_dir)
-    return model

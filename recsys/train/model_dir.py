@@ -18,15 +18,21 @@ from pathlib import Path
 
 import torch
 
-from recsys.bundle import library_versions
+from recsys.bundle.manifest import library_versions
 from recsys.data.idmap import IdMap
-from recsys.features import TokenTable
+from recsys.data.tokens import TokenTable
 from recsys.models.two_tower import TwoTower, TwoTowerConfig
-from recsys.recommender import ModelSpecError
+from recsys.pipeline.contract import ModelSpecError
 
 CONFIG = "config.json"
+
+
 TOWERS = "towers.pt"
+
+
 RANKER = "ranker.pt"
+
+
 RANKING_FEATURES = "ranking_features.npz"
 
 

@@ -32,13 +32,12 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from recsys.evaluate import evaluate_model
-from recsys.features import TokenTable
+from recsys.data.history import History
+from recsys.data.tokens import TokenTable
+from recsys.evaluate.scoring import evaluate_model, sample_users
 from recsys.models.ranker import Ranker, RankerConfig
 from recsys.models.two_tower import TwoTower, TwoTowerConfig
-from recsys.pipeline import N_CANDIDATES, Pipeline, PipelineRecommender
-from recsys.pipeline_torch import TorchRankerScorer, towers_pipeline
-from recsys.ranking_features import (
+from recsys.pipeline.ranker_features import (
     LAST_TIMESTAMP,
     TIMESTAMP,
     FeatureTables,
@@ -46,14 +45,20 @@ from recsys.ranking_features import (
     build_features,
     slice_context,
 )
-from recsys.recommender import History
+from recsys.pipeline.recommend import N_CANDIDATES, Pipeline, PipelineRecommender
 from recsys.split import MAX_RECENT, Split
-from recsys.train_towers import TowerTrainConfig, sample_users, train_two_tower
+from recsys.train.torch_pipeline import TorchRankerScorer, towers_pipeline
+from recsys.train.towers import TowerTrainConfig, train_two_tower
 
 log = logging.getLogger(__name__)
 
+
 LOSSES = ("softmax", "bce")
+
+
 EXAMPLE_SOURCES = ("holdout", "retriever")
+
+
 EXAMPLE_BATCH = 512
 
 

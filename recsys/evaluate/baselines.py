@@ -7,7 +7,8 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.recommender import Recommender, as_seen
+from recsys.data.history import as_seen
+from recsys.pipeline.contract import Recommender
 from recsys.split import Split
 
 log = logging.getLogger(__name__)

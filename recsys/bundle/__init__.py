@@ -1,0 +1,1 @@
+"""The bundle format, read and written here only: files, manifest, checksums, publish, load."""

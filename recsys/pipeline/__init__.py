@@ -1,0 +1,1 @@
+"""The one recommend path, torch-free: request rows, retrieval, ranker features, ranking."""

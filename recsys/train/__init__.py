@@ -1,0 +1,1 @@
+"""`python -m recsys.train`: towers, ranker, and the model directory they are saved in."""

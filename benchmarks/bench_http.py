@@ -18,12 +18,9 @@ import json
 import logging
 import platform
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +29,7 @@ from pathlib import Path
 
 import httpx
 
+from loadtest.harness import running_server
 from recsys.bundle.content import load_content
 from recsys.bundle.publish import resolve_bundle
 
@@ -57,31 +55,8 @@ def make_bundle(root: Path) -> str:
 def server(bundle: Path, events_db: Path) -> Iterator[str]:
     command = [sys.executable, "-m", "serving", "--bundle", str(bundle), "--events-db", str(events_db),
                "--host", "127.0.0.1", "--port", "0", "--log-level", "info"]  # INFO: the "running on" line
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    found: list[str] = []
-    ready = threading.Event()
-
-    def watch_log() -> None:  # reads to the end, so the server never blocks on a full pipe
-        for line in process.stderr:
-            if not found and (match := _LISTENING.search(line)):
-                found.append(match.group(1))
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=watch_log, daemon=True).start()
-    try:
-        if not ready.wait(START_TIMEOUT_S) or not found:
-            raise RuntimeError(f"server did not start (exit code {process.poll()}); run the command by hand: "
-                               f"{' '.join(command)}")
-        yield found[0]
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with running_server(command, events_db.with_name("server.log"), timeout_s=START_TIMEOUT_S) as (_, url):
+        yield url
 
 
 def endpoints(users: list[str], items: list[str], k: int) -> dict[str, Callable[[httpx.Client], httpx.Response]]:

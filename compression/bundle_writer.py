@@ -1,4 +1,4 @@
-"""Write a servable bundle (recsys.bundle_content layout) from towers (+ ranker), fp32 or int8."""
+"""Write a servable bundle (the `recsys.bundle.content` layout) from towers (+ ranker), fp32 or int8."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from compression.variants import Variant, build_variant, evaluation_sample, meas
 from recsys.bundle.publish import new_staging_dir
 from recsys.data.datasets import Dataset
 from recsys.pipeline.contract import ModelSpecError
-from recsys.pipeline.ranker_features import FeatureTables
+from recsys.pipeline.feature_tables import FeatureTables
 from recsys.split import Split
 from recsys.train.model_dir import RANKING_FEATURES, check_same_data, load_trained
 

@@ -7,7 +7,7 @@ whose position weights make the student care most about the teacher's first few 
 
 Ranker: the teacher pipeline (its towers, feature tables and ranker) scores every candidate list
 the student ranker trains on, as it would score that request at serving time; the student adds
-KL to the teacher's list softmax (`recsys.train_ranker.list_distillation_loss`) to its own loss.
+KL to the teacher's list softmax (`recsys.train.ranker.list_distillation_loss`) to its own loss.
 The teacher was trained on these interactions, so it is surest about the positives; what it
 adds over the labels is the order of the negatives.
 """
@@ -112,7 +112,7 @@ class RankerDistillConfig:
 
 
 class ListTeacher:
-    """A `recsys.train_ranker.ListTeacher`: the teacher pipeline's ranker logits for given lists."""
+    """A `recsys.train.ranker.ListTeacher`: the teacher pipeline's ranker logits for given lists."""
 
     def __init__(self, pipeline: Pipeline, n_candidates: int):
         if pipeline.score_candidates is None:

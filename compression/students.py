@@ -10,7 +10,7 @@ import numpy as np
 
 from compression.distill import ListTeacher, RankerDistillConfig, TowerDistillConfig, TowerDistiller
 from recsys.models.two_tower import TwoTower, TwoTowerConfig
-from recsys.pipeline.ranker_features import FeatureTables
+from recsys.pipeline.feature_tables import FeatureTables
 from recsys.split import Split
 from recsys.train.model_dir import TrainedModel
 from recsys.train.ranker import RankerTrainConfig, holdout_retriever, train_ranker

@@ -2,11 +2,10 @@
 
 ``python -m ops.answer_dump --bundle artifacts/ml-100k/bundles/compressed --out dump.json``
 
-Starts ``python -m serving`` on 127.0.0.1 (a free port), asks ``GET /recommend?k=20`` for every
+Starts ``python -m serving`` on 127.0.0.1 (the load test's harness), asks ``GET /recommend?k=20`` for every
 user in the bundle's id map (plus one unknown user) and ``GET /similar?k=10`` for every item,
-and writes the response bodies as canonical JSON (sorted keys) with their sha256. Only HTTP is
-used, so the same command runs against any layout of the code: a refactor that changes no
-behaviour leaves the file byte-identical.
+and writes the response bodies as canonical JSON (sorted keys) with their sha256. The answers
+come over HTTP only, so a refactor that changes no behaviour leaves the file byte-identical.
 """
 
 from __future__ import annotations
@@ -15,66 +14,38 @@ import argparse
 import hashlib
 import json
 import logging
-import socket
-import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import httpx
 from tqdm.auto import tqdm
 
+from loadtest.harness import running_server
+from recsys.bundle.load import read_id_maps
+
 log = logging.getLogger(__name__)
 
-STARTUP_SECONDS = 120
 UNKNOWN_USER = "__answer_dump_unknown_user__"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(client: httpx.Client, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with status {process.returncode} before it was ready")
-        try:
-            if client.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"server not ready after {STARTUP_SECONDS} s")
 
 
 def id_lists(bundle: str) -> tuple[list[str], list[str]]:
     """Every user and item id the bundle knows (its id maps, read through the format's owner)."""
-    from recsys.bundle.load import read_id_maps
-
     users, items = read_id_maps(bundle)
     return [str(u) for u in users.ids.tolist()], [str(i) for i in items.ids.tolist()]
 
 
 def dump(bundle: str, out: Path) -> str:
-    port = free_port()
-    command = [sys.executable, "-m", "serving", "--bundle", bundle, "--host", "127.0.0.1", "--port", str(port),
-               "--log-level", "warning"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            wait_ready(client, process)
-            users, items = id_lists(bundle)
-            answers = {"recommend": {}, "similar": {}}
-            for user in tqdm([*users, UNKNOWN_USER], desc="recommend", unit="user"):
-                answers["recommend"][user] = client.get("/recommend", params={"user": user, "k": 20}).json()
-            for item in tqdm(items, desc="similar", unit="item"):
-                answers["similar"][item] = client.get("/similar", params={"item": item, "k": 10}).json()
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    command = [sys.executable, "-m", "serving", "--bundle", bundle, "--host", "127.0.0.1", "--port", "0"]
+    users, items = id_lists(bundle)
+    answers: dict[str, dict] = {"recommend": {}, "similar": {}}
+    with tempfile.TemporaryDirectory() as scratch, \
+            running_server(command, Path(scratch) / "server.log") as (_, url), \
+            httpx.Client(base_url=url, timeout=30) as client:
+        for user in tqdm([*users, UNKNOWN_USER], desc="recommend", unit="user"):
+            answers["recommend"][user] = client.get("/recommend", params={"user": user, "k": 20}).json()
+        for item in tqdm(items, desc="similar", unit="item"):
+            answers["similar"][item] = client.get("/similar", params={"item": item, "k": 10}).json()
     text = json.dumps(answers, sort_keys=True, separators=(",", ":"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

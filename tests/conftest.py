@@ -12,6 +12,15 @@ from recsys.split import temporal_split
 from tests.fixtures.data import ROOT, checkerboard_dataset
 from tests.fixtures.tiny import Tiny, tiny_bundles
 
+# Tests that read a real dataset or the trained tiny bundles are end to end: `make test-fast` skips them.
+SLOW_FIXTURES = {"data_dir", "ml100k", "ml100k_split", "tiny"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:

@@ -21,8 +21,8 @@ from recsys.bundle.manifest import MANIFEST_NAME, Manifest, load_manifest
 from recsys.bundle.publish import CURRENT_NAME, resolve_bundle
 from recsys.data.idmap import IdMap
 from recsys.index import load_index, set_faiss_threads
+from recsys.pipeline.feature_tables import FeatureTables
 from recsys.pipeline.onnx import OnnxRankerScorer, OnnxUserEncoder
-from recsys.pipeline.ranker_features import FeatureTables
 from recsys.pipeline.recommend import Pipeline
 from recsys.pipeline.served import ServingModel, cache_known_users
 

@@ -23,20 +23,11 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-
 FORMAT_VERSION = 1
-
-
 MANIFEST_NAME = "manifest.json"
-
-
 _CHUNK_BYTES = 1 << 20
-
-
 # Versions become directory names and symlink targets, so keep them to a safe alphabet.
 _VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
 # Module name -> distribution names to try; faiss and onnxruntime ship under several names.
 _LIBRARIES: dict[str, tuple[str, ...]] = {
     "numpy": ("numpy",),

@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 
 CURRENT_NAME = "current"
 VERSIONS_DIR = "versions"
-
-
 STAGING_DIR = ".staging"
 
 

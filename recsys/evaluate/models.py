@@ -13,8 +13,6 @@ from recsys.pipeline.contract import ModelSpecError, Recommender
 from recsys.split import Split
 
 MODEL_STAGES = ("full", "retrieval")  # what of a two-stage model to score: retrieve -> rank, or retrieve only
-
-
 # Directory-model loaders register here (checkpoints, bundles): (predicate, loader(path, split, model_stage)).
 DIRECTORY_LOADERS: list[tuple[Callable[[Path], bool], Callable[[Path, Split, str], Recommender]]] = []
 

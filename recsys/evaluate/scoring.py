@@ -17,7 +17,6 @@ from recsys.split import Split
 
 log = logging.getLogger(__name__)
 
-
 TOPK = 20
 
 

@@ -25,7 +25,8 @@ import scipy.sparse as sp
 from recsys.data.history import History, as_seen, csr_rows
 from recsys.data.idmap import IdMap
 from recsys.pipeline.contract import Recommender
-from recsys.pipeline.ranker_features import FeatureTables, UserSide, build_features, slice_context
+from recsys.pipeline.feature_tables import FeatureTables
+from recsys.pipeline.ranker_features import UserSide, build_features, slice_context
 from recsys.pipeline.retrieve import drop_seen, history_inputs, search_excluding
 from recsys.pipeline.topk import topk_from_scores
 

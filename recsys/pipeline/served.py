@@ -26,10 +26,7 @@ from recsys.pipeline.recommend import Pipeline, PipelineRecommender, items_csr, 
 
 log = logging.getLogger(__name__)
 
-
 PRECOMPUTE_BATCH = 4096
-
-
 USER_CACHE = 50_000  # known users whose history rows and feature user side are kept (a few kB each)
 
 

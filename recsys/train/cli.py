@@ -3,7 +3,7 @@
 A thin CLI over `train_two_tower` and `train_ranker`: loads and splits the data under the
 protocol, trains the towers with early stopping on validation NDCG@10, then the ranker on their
 candidates with early stopping on the full pipeline's validation NDCG@10, and writes one model
-directory (`recsys.model_dir`) that records config, seed, data fingerprint, curves and library
+directory (`recsys.train.model_dir`) that records config, seed, data fingerprint, curves and library
 versions. ``--skip-ranker`` stops after the towers; ranker flags are prefixed ``--ranker-``.
 """
 
@@ -21,7 +21,7 @@ from recsys.data.schema import DataError
 from recsys.data.tokens import build_token_table
 from recsys.models.ranker import RankerConfig
 from recsys.models.two_tower import TwoTowerConfig
-from recsys.pipeline.ranker_features import build_feature_tables
+from recsys.pipeline.feature_tables import build_feature_tables
 from recsys.split import Split, temporal_split
 from recsys.train.model_dir import RANKER, RANKING_FEATURES, ModelDirError, load_trained, save_ranker, save_towers
 from recsys.train.ranker import EXAMPLE_SOURCES, RankerTrainConfig, holdout_retriever, train_ranker

@@ -37,14 +37,8 @@ from recsys.data.tokens import TokenTable
 from recsys.evaluate.scoring import evaluate_model, sample_users
 from recsys.models.ranker import Ranker, RankerConfig
 from recsys.models.two_tower import TwoTower, TwoTowerConfig
-from recsys.pipeline.ranker_features import (
-    LAST_TIMESTAMP,
-    TIMESTAMP,
-    FeatureTables,
-    build_feature_tables,
-    build_features,
-    slice_context,
-)
+from recsys.pipeline.feature_tables import FeatureTables, build_feature_tables
+from recsys.pipeline.ranker_features import LAST_TIMESTAMP, TIMESTAMP, build_features, slice_context
 from recsys.pipeline.recommend import N_CANDIDATES, Pipeline, PipelineRecommender
 from recsys.split import MAX_RECENT, Split
 from recsys.train.torch_pipeline import TorchRankerScorer, towers_pipeline

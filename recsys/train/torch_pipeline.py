@@ -20,7 +20,7 @@ from recsys.data.history import History, as_seen
 from recsys.index import build_index
 from recsys.models.two_tower import TwoTower
 from recsys.pipeline.contract import Recommender
-from recsys.pipeline.ranker_features import FeatureTables
+from recsys.pipeline.feature_tables import FeatureTables
 from recsys.pipeline.recommend import Pipeline
 from recsys.pipeline.retrieve import history_inputs, search_excluding
 from recsys.train.model_dir import RANKING_FEATURES, TrainedModel, load_trained

@@ -13,6 +13,8 @@ from recsys.bundle.publish import current_version, resolve_bundle
 from recsys.data.synthetic import SyntheticConfig, generate
 from recsys.train.cli import main as train_main
 
+pytestmark = pytest.mark.slow  # full train + compression runs
+
 FAST = ["--student-dim", "8", "--tower-epochs", "2", "--ranker-epochs", "1", "--latency-requests", "20",
         "--reports-dir", ""]
 

@@ -13,6 +13,8 @@ from loadtest.harness import LOCUSTFILE, running_server
 from recsys.data.events import EventStore
 from tests.fixtures.tiny import ROOT, locust_env, serving
 
+pytestmark = pytest.mark.slow  # Locust against a real server
+
 RUN_S = 5
 
 

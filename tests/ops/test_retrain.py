@@ -15,6 +15,8 @@ from recsys.bundle.publish import current_version, list_versions
 from recsys.data.events import Event, EventStore
 from tests.fixtures.tiny import ADMIN_TOKEN, ROOT, TRAIN_FAST, serving
 
+pytestmark = pytest.mark.slow  # the retrain loop end to end
+
 FAST_COMPRESS = "--student-dim 8 --tower-epochs 2 --ranker-epochs 1 --latency-requests 20"
 
 

@@ -8,7 +8,8 @@ import scipy.sparse as sp
 
 from recsys.data.tokens import build_token_table
 from recsys.evaluate.scoring import evaluate_model
-from recsys.pipeline.ranker_features import build_feature_tables, request_context
+from recsys.pipeline.feature_tables import build_feature_tables
+from recsys.pipeline.ranker_features import request_context
 from recsys.pipeline.recommend import STAGES, PipelineRecommender
 from recsys.train.ranker import RankerTrainConfig, train_ranker
 from recsys.train.torch_pipeline import towers_pipeline

@@ -7,14 +7,8 @@ import pandas as pd
 import pytest
 
 from recsys.data.history import History
-from recsys.pipeline.ranker_features import (
-    FeatureTables,
-    build_feature_tables,
-    build_features,
-    cooccurrence_neighbors,
-    request_context,
-    time_count_table,
-)
+from recsys.pipeline.feature_tables import FeatureTables, build_feature_tables, cooccurrence_neighbors, time_count_table
+from recsys.pipeline.ranker_features import build_features, request_context
 from tests.fixtures.tables import hand_tables, one_user
 
 

@@ -18,17 +18,9 @@ import pandas as pd
 from recsys.data.idmap import IdMap
 
 N_BUCKETS = 10
-
-
 MAX_CATEGORICAL = 1000
-
-
 MAX_TITLE_TOKENS = 8
-
-
 MIN_TOKEN_COUNT = 2
-
-
 MULTI_LABEL = ("category", "genres", "tags")
 
 

@@ -1,6 +1,8 @@
 """`python -m compression --model DIR --dataset NAME --out OUT`: distil, quantise, measure, gate, publish.
 
-Writes OUT/teacher/ and OUT/compressed/ bundle roots (versions/ + a `current` pointer), the other
+Writes OUT/holdout/{teacher,compressed}/ (the bundles the card and the gate measured: histories
+without each user's last interaction), OUT/teacher/ and OUT/compressed/ (the same models filled from
+the whole log: what to serve), each a bundle root (versions/ + a `current` pointer), the other
 variants under OUT/variants/, and OUT/card.{json,md,png} (also under reports/compression/NAME/).
 Exit status: 0 published, 1 the quality gate refused (nothing published), 2 bad input.
 """

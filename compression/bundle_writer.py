@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +14,14 @@ from compression.export import count_params, export_onnx, sidecar_path, validate
 from compression.int8 import choose_int8, int8_user_tower
 from compression.quantize import int8_embedding_table
 from compression.techniques import to_fp16
-from recsys.bundle.content import BundleContent, BundleFiles, save_content
+from recsys.bundle.content import BundleContent, BundleFiles, data_record, restage, save_content
+from recsys.bundle.publish import new_staging_dir
 from recsys.data.datasets import Dataset
 from recsys.data.history import History
+from recsys.data.tokens import TokenTable
 from recsys.index import build_index, exact_topk, resolve_factory, save_index, tune_query_params
 from recsys.models.two_tower import TwoTower, UserTower
+from recsys.pipeline.feature_tables import FeatureTables, build_feature_tables
 from recsys.pipeline.retrieve import history_inputs
 from recsys.split import Split
 from recsys.train.torch_pipeline import all_item_vectors
@@ -43,8 +46,11 @@ class BundleSpec:
     extra: dict = field(default_factory=dict)
 
 
+HOLDOUT = "each user's last interaction (the protocol's test rows)"
+
+
 def serving_history(split: Split, history_len: int) -> History:
-    """Everything the model may know when serving: train + valid (test stays held out to measure it)."""
+    """What a measured bundle knows: train + valid (test stays held out to measure it)."""
     return split.user_history("test", max_len=history_len)
 
 
@@ -116,6 +122,7 @@ def write_bundle(staging: Path, towers: TwoTower, dataset: Dataset, split: Split
     index, runtime["index"] = build_tuned_index(content.dense_item_vectors(), factory, queries, spec.target_recall)
     save_index(index, BundleFiles(staging).index_dir, {"factory": factory, **runtime["index"]})
     runtime["params"] = count_params(towers) + (count_params(ranker) if ranker is not None else 0)
+    runtime["data"] = data_record(split.history_frame("test"), HOLDOUT)
     content.runtime = runtime
     save_content(content, staging)
     return runtime
@@ -170,6 +177,31 @@ def _query_vectors(staging: Path, history: History, towers: TwoTower, users: np.
 
     feed = tower_feed(towers, history, users)
     return OnnxUserEncoder(BundleFiles(staging).user_tower)(feed["users1"], feed["history1"])
+
+
+def publish_whole_log(measured: Path, bundles_root: Path, *, kind: str, dataset: Dataset, split: Split,
+                      item_tokens: TokenTable, config: dict, metrics: dict) -> Path:
+    """The measured bundle's models and index, filled with every interaction of the log.
+
+    A bundle published for serving must know each user's latest interaction: it is the best
+    clue to the next one, and a seen item must never be recommended back. Seen sets, recent
+    items, popularity and the ranker's feature tables are rebuilt from the whole log; the
+    models, the index and their quantisation stay those the card measured."""
+    whole = split.whole()
+
+    def fill(content: BundleContent) -> None:
+        content.history = whole.user_history("valid", max_len=content.runtime["history_len"])
+        content.popularity = np.bincount(whole.train["i"], minlength=split.n_items).astype(np.float32)
+        if content.ranking_arrays:
+            measured_tables = FeatureTables.from_arrays(content.ranking_arrays)
+            tables = build_feature_tables(whole, item_tokens, time_features=measured_tables.has_time)
+            content.ranking_arrays = replace(tables, disabled=measured_tables.disabled).to_arrays()
+        content.runtime["data"] = data_record(whole.train, holdout=None)
+
+    staging = new_staging_dir(bundles_root)
+    restage(measured, staging, fill)
+    return publish_bundle(staging, bundles_root, kind=kind, dataset=dataset,
+                          config={**config, "measured_bundle": str(measured)}, metrics=metrics)
 
 
 def publish_bundle(staging: Path, bundles_root: Path, *, kind: str, dataset: Dataset, config: dict,

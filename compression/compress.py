@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from compression.bundle_writer import BundleSpec, publish_bundle
+from compression.bundle_writer import BundleSpec, publish_bundle, publish_whole_log
 from compression.distill import RankerDistillConfig, TowerDistillConfig
 from compression.report import write_card
 from compression.students import StudentConfig, sample_requests, teacher_student, train_student
@@ -29,6 +29,9 @@ from recsys.train.model_dir import RANKING_FEATURES, check_same_data, load_train
 log = logging.getLogger(__name__)
 
 SMALL_CATALOG = 20_000
+# The bundles the card and the gate measured (histories without the held-out rows) live under
+# OUT/holdout/; OUT/teacher and OUT/compressed hold the same models filled from the whole log.
+HOLDOUT_DIR = "holdout"
 
 
 class GateFailed(RuntimeError):
@@ -164,10 +167,14 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
     if cfg.publish:
         by_name = {row["name"]: row for row in rows}
         for name, root, kind in (("teacher-fp32", "teacher", "teacher"), (published, "compressed", "compressed")):
-            path = publish_bundle(dirs[name], out / root, kind=kind, dataset=dataset,
-                                  config={**config, "variant": name}, metrics=_metrics(by_name[name]))
-            card.setdefault("published", {})[name] = str(path)
-            log.info("published %s bundle %s", name, path)
+            variant_config, metrics = {**config, "variant": name}, _metrics(by_name[name])
+            measured = publish_bundle(dirs[name], out / HOLDOUT_DIR / root, kind=kind, dataset=dataset,
+                                      config=variant_config, metrics=metrics)
+            served = publish_whole_log(measured, out / root, kind=kind, dataset=dataset, split=split,
+                                       item_tokens=trained.item_tokens, config=variant_config, metrics=metrics)
+            card.setdefault("published", {})[name] = str(served)
+            card.setdefault("measured", {})[name] = str(measured)
+            log.info("published %s bundle %s (measured as %s)", name, served, measured)
         if published != "compressed":
             shutil.rmtree(dirs["compressed"], ignore_errors=True)
     return card

@@ -58,6 +58,12 @@ class Split:
         return History(interaction_matrix(frame, self.n_users, self.n_items),
                        recent_items(frame, self.n_users, max_len))
 
+    def whole(self) -> Split:
+        """Every interaction as train, nothing held out: what a bundle published for serving knows."""
+        everything = pd.concat([self.train, self.valid, self.test]).sort_values(["u", "t", ROW], kind="stable")
+        empty = everything.iloc[:0]
+        return Split(self.users, self.items, everything.reset_index(drop=True), empty, empty, self.context_columns)
+
     def targets(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
         frame = self.stage_frame(stage)
         return frame["u"].to_numpy(), frame["i"].to_numpy()

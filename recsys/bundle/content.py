@@ -6,15 +6,18 @@
     item_vectors.npy          float32 [items, D]   | item_vectors_int8.npy + item_scales.npy
     users.json, items.json    id maps (external ids, exact round trip)
     history.npz               recent [users, L] item indices (left-padded -1) + seen CSR
-    popularity.npy            train counts: fallback order for unknown users
+    popularity.npy            interaction counts of what the bundle knows: fallback order for unknown users
     ranking_features.npz      arrays the ranker's feature builder reads (optional)
     catalog.parquet           item_id, title (optional)
-    runtime.json              how to run it: history_len, dim, n_candidates, quantisation, ...
+    runtime.json              how to run it: history_len, dim, n_candidates, quantisation, ...; and
+                              `data`: the last interaction time it knows and what was held out of it
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recsys.bundle.manifest import MANIFEST_NAME
 from recsys.data.history import History
 from recsys.data.idmap import IdMap
 from recsys.index import INDEX_FILE
@@ -139,11 +143,11 @@ def save_content(content: BundleContent, out: Path) -> None:
 
 
 def load_history(files: BundleFiles) -> History:
-    stored = np.load(files.history)
-    shape = tuple(int(x) for x in stored["shape"])
-    seen = sp.csr_matrix((np.ones(len(stored["indices"]), dtype=np.float32), stored["indices"], stored["indptr"]),
-                         shape=shape)
-    return History(seen, stored["recent"])
+    with np.load(files.history) as stored:
+        shape = tuple(int(x) for x in stored["shape"])
+        seen = sp.csr_matrix((np.ones(len(stored["indices"]), dtype=np.float32), stored["indices"],
+                              stored["indptr"]), shape=shape)
+        return History(seen, stored["recent"])
 
 
 def load_titles(files: BundleFiles) -> pd.Series | None:
@@ -168,3 +172,25 @@ def load_content(bundle_dir: Path) -> BundleContent:
             content.ranking_arrays = {name: arrays[name] for name in arrays.files}
     content.titles = load_titles(files)
     return content
+
+
+def data_record(known: pd.DataFrame, holdout: str | None) -> dict:
+    """What a bundle knows (``runtime["data"]``): the time of the last interaction it holds, and
+    what was held out of it to measure it (None: nothing, it was published from the whole log)."""
+    return {"cutoff": int(known["t"].max()) if len(known) else None, "holdout": holdout, "interactions": len(known)}
+
+
+def knows_everything(content: BundleContent) -> bool:
+    """True for a bundle published from the whole log: scoring it on that log's held-out rows
+    would count interactions it has already seen."""
+    data = content.runtime.get("data")
+    return data is not None and data.get("holdout") is None
+
+
+def restage(source: Path, staging: Path, change: Callable[[BundleContent], None]) -> None:
+    """Copy a bundle's files (not its manifest) into ``staging`` and rewrite its arrays through ``change``:
+    the same models and index, other histories / counts."""
+    shutil.copytree(source, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MANIFEST_NAME))
+    content = load_content(staging)
+    change(content)
+    save_content(content, staging)

@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--users", help="user table for a user log (CSV/Parquet)")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="dataset cache (default: data/)")
     parser.add_argument("--split", choices=("test", "valid"), default="test", help="held-out interactions to score")
+    parser.add_argument("--allow-seen", action="store_true",
+                        help="score a bundle published from the whole log on rows it was built from (labelled)")
     parser.add_argument("--stage", choices=MODEL_STAGES, default="full",
                         help="for a model dir: the full retrieve -> rank pipeline, or retrieval alone")
     parser.add_argument("--topk-out", help="write the top-20 lists as CSV user_id,rank,item_id")
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> dict:
         topk = frame_to_topk(pd.read_csv(args.topk_in), split, args.split)
         name = Path(args.topk_in).name
     else:
-        model = load_model(args.model, split, args.stage)
+        model = load_model(args.model, split, args.stage, args.allow_seen)
         topk = recommend_for_stage(model, split, args.split)
         name = getattr(model, "display_name", args.model)
     metrics = score_topk(topk, split, args.split)
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> dict:
         topk_to_frame(topk, split, args.split).to_csv(args.topk_out, index=False)
     if args.json:
         payload = {"dataset": args.dataset, "model": args.model, "split": args.split, "stage": args.stage,
-                   **metrics}
+                   "allow_seen": args.allow_seen, "label": name, **metrics}
         Path(args.json).write_text(json.dumps(payload, indent=2))
     return metrics
 

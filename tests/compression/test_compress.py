@@ -58,6 +58,7 @@ def test_compress_writes_card_and_serving_bundles(trained, capsys):
         assert served.recommend(served.content.users.ids[0], 5).items
     manifest = load_manifest(resolve_bundle(out / "compressed"))
     assert manifest.kind == "compressed" and "NDCG@10" in manifest.metrics
+    assert current_version(out / "holdout" / "compressed") and current_version(out / "holdout" / "teacher")
     runtime = json.loads((out / "compressed" / "current" / "runtime.json").read_text())
     assert runtime["user_tower"]["precision"] == "int8" and runtime["ranker"]["precision"] == "int8"
     capsys.readouterr()
@@ -69,9 +70,48 @@ def test_evaluate_cli_scores_a_bundle_like_the_card(trained, tmp_path, capsys):
     root, data = trained
     out = root / "out"
     card = json.loads((out / "card.json").read_text())
-    compressed = next(row for row in card["variants"] if row["name"] == "compressed")
-    assert evaluate_main(["--model", str(out / "compressed"), *data, "--json", str(tmp_path / "m.json")]) == 0
+    # The published variant: a technique that beats plain "compressed" replaces it.
+    compressed = next(row for row in card["variants"] if row["name"] == card["published_variant"])
+    assert evaluate_main(["--model", str(out / "holdout" / "compressed"), *data,
+                          "--json", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["NDCG@10"] == pytest.approx(compressed["NDCG@10"])
+    capsys.readouterr()
+
+
+def test_evaluate_refuses_a_bundle_on_rows_it_was_built_from(trained, tmp_path, capsys):
+    from recsys.evaluate.cli import main as evaluate_main
+
+    root, data = trained
+    served = str(root / "out" / "compressed")
+    assert evaluate_main(["--model", served, *data]) == 2
+    assert "published from the whole log" in capsys.readouterr().err
+    assert evaluate_main(["--model", served, *data, "--allow-seen", "--json", str(tmp_path / "m.json")]) == 0
+    scored = json.loads((tmp_path / "m.json").read_text())
+    assert scored["allow_seen"] and "scored on rows it was built from" in scored["label"]
+
+
+def test_published_bundles_know_every_interaction_and_never_recommend_one_back(trained, capsys):
+    from recsys.bundle.load import read_population
+    from recsys.data.datasets import load_dataset
+    from recsys.split import temporal_split
+
+    root, data = trained
+    split = temporal_split(load_dataset(data[1], root, data[3]))
+    everything = len(split.train) + len(split.valid) + len(split.test)
+    for name in ("teacher", "compressed"):
+        measured, served = root / "out" / "holdout" / name, root / "out" / name
+        assert len(read_population(measured).seen_indices) == everything - len(split.test)
+        assert len(read_population(served).seen_indices) == everything
+        measured_data = load_serving_model(measured).runtime["data"]
+        served_model = load_serving_model(served)
+        assert measured_data["holdout"] and measured_data["cutoff"] == int(split.history_frame("test")["t"].max())
+        assert served_model.runtime["data"] == {"cutoff": int(split.test["t"].max()), "holdout": None,
+                                                "interactions": everything}
+        seen = split.whole().history("valid")
+        for user in range(split.n_users):
+            answer = served_model.recommend(split.users.ids[user], 10)
+            items = split.items.to_index(answer.items)
+            assert not seen[user, items].nnz, f"user {split.users.ids[user]} got an item from their own log"
     capsys.readouterr()
 
 

@@ -14,16 +14,16 @@ from compression.export import count_params, export_onnx, sidecar_path, validate
 from compression.int8 import choose_int8, int8_user_tower
 from compression.quantize import int8_embedding_table
 from compression.techniques import to_fp16
-from recsys.bundle.content import BundleContent, BundleFiles, data_record, restage, save_content
+from recsys.bundle.content import BundleContent, BundleFiles, data_record, last_times, restage, save_content
 from recsys.bundle.publish import new_staging_dir
 from recsys.data.datasets import Dataset
 from recsys.data.history import History
 from recsys.data.tokens import TokenTable
 from recsys.index import build_index, exact_topk, resolve_factory, save_index, tune_query_params
 from recsys.models.two_tower import TwoTower, UserTower
-from recsys.pipeline.feature_tables import FeatureTables, build_feature_tables
+from recsys.pipeline.feature_tables import FeatureTables, build_feature_tables, has_global_time
 from recsys.pipeline.retrieve import history_inputs
-from recsys.split import Split
+from recsys.split import MAX_RECENT, Split
 from recsys.train.torch_pipeline import all_item_vectors
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,10 @@ class BundleSpec:
 HOLDOUT = "each user's last interaction (the protocol's test rows)"
 
 
-def serving_history(split: Split, history_len: int) -> History:
-    """What a measured bundle knows: train + valid (test stays held out to measure it)."""
-    return split.user_history("test", max_len=history_len)
+def serving_history(split: Split) -> History:
+    """What a measured bundle knows: train + valid (test stays held out to measure it), as wide
+    as its widest reader (the ranker features read MAX_RECENT items; the tower its last L)."""
+    return split.user_history("test", max_len=MAX_RECENT)
 
 
 def tower_feed(towers: TwoTower, history: History, users: np.ndarray) -> dict[str, np.ndarray]:
@@ -101,7 +102,7 @@ def write_bundle(staging: Path, towers: TwoTower, dataset: Dataset, split: Split
     ``requests`` are real users whose rows calibrate int8 and tune the index; ``ranker_feeds``
     are real ranker inputs (captured from the fp32 pipeline) for the ranker's export check and
     calibration."""
-    history = serving_history(split, towers.cfg.history_len)
+    history = serving_history(split)
     requests = np.arange(min(split.n_users, 256)) if requests is None else requests
     runtime = {"kind": spec.kind, "history_len": towers.cfg.history_len, "dim": towers.cfg.dim,
                "n_candidates": spec.n_candidates, "int8": spec.int8, **spec.extra}
@@ -123,6 +124,8 @@ def write_bundle(staging: Path, towers: TwoTower, dataset: Dataset, split: Split
     save_index(index, BundleFiles(staging).index_dir, {"factory": factory, **runtime["index"]})
     runtime["params"] = count_params(towers) + (count_params(ranker) if ranker is not None else 0)
     runtime["data"] = data_record(split.history_frame("test"), HOLDOUT)
+    runtime["real_time"] = has_global_time(split)  # unix seconds, not a per-user pseudo-time
+    content.last_time = last_times(split.history_frame("test"), split.n_users)
     content.runtime = runtime
     save_content(content, staging)
     return runtime
@@ -190,7 +193,8 @@ def publish_whole_log(measured: Path, bundles_root: Path, *, kind: str, dataset:
     whole = split.whole()
 
     def fill(content: BundleContent) -> None:
-        content.history = whole.user_history("valid", max_len=content.runtime["history_len"])
+        content.history = whole.user_history("valid", max_len=MAX_RECENT)
+        content.last_time = last_times(whole.train, split.n_users)
         content.popularity = np.bincount(whole.train["i"], minlength=split.n_items).astype(np.float32)
         if content.ranking_arrays:
             measured_tables = FeatureTables.from_arrays(content.ranking_arrays)

@@ -17,7 +17,6 @@ from compression.quantize import (
     int8_embedding_table,
     measure_latency,
     pick_best,
-    quantize_dynamic_int8,
     quantize_static_int8,
     quantized_ops,
 )
@@ -64,13 +63,15 @@ def int8_user_tower(towers: TwoTower) -> UserTower:
 
 def choose_int8(fp32_path: Path, out_path: Path, calibration: list[dict[str, np.ndarray]],
                 check_inputs: dict[str, np.ndarray], topk: int | None) -> dict:
-    """Quantise the dense layers both ways, keep the more faithful (then faster) one, record why.
+    """Quantise the dense layers statically (QDQ, calibrated scales), keep them if faithful and not
+    clearly slower than fp32, record why.
 
-    fp32 dense layers are kept instead when no int8 version is faithful enough, or when fp32 is
-    clearly faster: on layers a few dozen wide, quantising the activations on every call costs more
-    than the int8 product saves, and the layers are a few kB either way."""
+    Dynamic quantisation is not a candidate: it scales activations by each batch's range, so a
+    user's answer would depend on who else is in the batch (evaluation, precompute and the server
+    batch differently). fp32 dense layers are kept instead when the int8 version is not faithful
+    enough, or when fp32 is clearly faster: on layers a few dozen wide, quantising the activations
+    on every call costs more than the int8 product saves, and the layers are a few kB either way."""
     candidates = {
-        "dynamic": quantize_dynamic_int8(fp32_path, out_path.with_suffix(".dynamic.onnx"), op_types=DENSE_OPS),
         "static": quantize_static_int8(fp32_path, out_path.with_suffix(".static.onnx"), calibration,
                                        op_types=DENSE_OPS),
     }

@@ -10,19 +10,23 @@ OpenAPI schema) but written as pre-serialised JSON; benchmarks/bench_response_en
 # No `from __future__ import annotations` here: FastAPI must evaluate the Annotated aliases that
 # build_router defines per app (limits from Settings), and string annotations cannot see them.
 import hmac
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic_core import to_json
 
 from recsys.data.events import Event, EventStore
+from recsys.pipeline.request import RequestError, request_time
 from recsys.pipeline.served import Recommendation, UnknownItemError
 from serving.errors import AdminDisabled, InvalidRequest, NotReady, Unauthorized
 from serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from serving.schemas import (
     ID_PATTERN,
+    TIME_DESCRIPTION,
     ErrorResponse,
     EventIn,
     EventsAccepted,
@@ -35,6 +39,7 @@ from serving.schemas import (
     VersionResponse,
     event_in_model,
     events_body,
+    recommend_request_model,
 )
 from serving.settings import Settings
 from serving.state import ModelState
@@ -67,7 +72,7 @@ def _items(rec: Recommendation) -> list[dict[str, Any]]:
             for item, score, title in zip(rec.items, rec.scores, titles, strict=True)]
 
 
-def recommend_json(user: str, rec: Recommendation, version: str) -> bytes:
+def recommend_json(user: str | None, rec: Recommendation, version: str) -> bytes:
     """The RecommendResponse body from plain dicts by pydantic-core's Rust encoder.
 
     Same JSON as the model, without validating one; the stdlib encoder is slower here mostly
@@ -78,6 +83,46 @@ def recommend_json(user: str, rec: Recommendation, version: str) -> bytes:
 
 def similar_json(item: str, rec: Recommendation, version: str) -> bytes:
     return to_json({"item": item, "items": _items(rec), "model_version": version})
+
+
+RECOMMEND_QUERY = frozenset({"user", "k", "exclude", "at"})
+
+
+def query_context(params: Mapping[str, str], columns: tuple[str, ...]) -> dict[str, float]:
+    """The bundle's context columns among the query parameters; any other unknown parameter is an error."""
+    unknown = sorted(set(params) - RECOMMEND_QUERY - set(columns))
+    if unknown:
+        raise InvalidRequest(f"query.{unknown[0]}: unknown parameter; this bundle's context parameters are "
+                             f"{list(columns) or 'none'}")
+    return {name: _finite(f"query.{name}", params[name]) for name in columns if name in params}
+
+
+def body_context(values: dict[str, float], columns: tuple[str, ...]) -> dict[str, float]:
+    unknown = sorted(set(values) - set(columns))
+    if unknown:
+        raise InvalidRequest(f"body.context.{unknown[0]}: not a context column of this bundle "
+                             f"({list(columns) or 'it has none'})")
+    return {name: _finite(f"body.context.{name}", value) for name, value in values.items()}
+
+
+def _finite(where: str, raw: str | float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequest(f"{where}: expected a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise InvalidRequest(f"{where}: expected a finite number, got {raw!r}")
+    return value
+
+
+def parse_time(where: str, raw: float | str | None, real_time: bool) -> float | None:
+    try:
+        value = request_time(raw, real_time)
+    except RequestError as exc:
+        raise InvalidRequest(f"{where}: {exc}") from None
+    if value is not None and not math.isfinite(value):
+        raise InvalidRequest(f"{where}: expected a finite time, got {raw!r}")
+    return value
 
 
 def split_ids(raw: str | None, max_ids: int, max_id_length: int) -> list[str]:
@@ -110,16 +155,47 @@ def build_router(services: Services) -> APIRouter:
     EventModel = event_in_model(settings.max_id_length)
     Events = Annotated[events_body(EventModel, settings.max_events_per_request), Body()]
 
+    At = Annotated[str | None, Query(max_length=64, description=f"request time, {TIME_DESCRIPTION}; default: the "
+                                     "bundle's data cutoff plus the time since it was loaded")]
+    RecommendBody = Annotated[recommend_request_model(settings.max_k, settings.max_exclude, settings.max_id_length),
+                              Body()]
+
     @router.get("/recommend", response_model=RecommendResponse, responses=_errors(422, 503))
-    async def recommend(user: UserId, k: K = 10, exclude: Exclude = None) -> Response:
-        """Top-k items for a user; unknown users get popular items, marked ``fallback: "popular"``."""
+    async def recommend(request: Request, user: UserId, k: K = 10, exclude: Exclude = None, at: At = None) -> Response:
+        """Top-k items for a user; unknown users get popular items, marked ``fallback: "popular"``.
+
+        The bundle's context columns (``/version``: ``context_columns``, e.g. Instacart's
+        ``order_dow``) are further optional numeric query parameters."""
         excluded = split_ids(exclude, settings.max_exclude, settings.max_id_length)
         live = state.current()
-        rec = live.model.recommend(live.ids.user(user), k, live.ids.items(excluded))
+        context = query_context(request.query_params, live.model.context_columns)
+        when = parse_time("query.at", at, live.model.real_time)
+        rec = live.model.recommend(live.ids.user(user), k, live.ids.items(excluded), at=when, context=context)
+        return answer(user, rec, live.version)
+
+    @router.post("/recommend", response_model=RecommendResponse, responses=_errors(422, 503))
+    async def recommend_with_history(body: RecommendBody) -> Response:
+        """Top-k for a request whose history the caller sends: an anonymous session, a client-side
+        cart, or an offline evaluation reproduced over HTTP."""
+        live = state.current()
+        model = live.model
+        context = body_context(body.context, model.context_columns)
+        when = parse_time("body.at", body.at, model.real_time)
+        history = None
+        if body.history is not None:
+            history = [(live.ids.item(event.item),
+                        parse_time(f"body.history[{i}].timestamp", event.timestamp, model.real_time))
+                       for i, event in enumerate(body.history)]
+            history = [(item, stamp) for item, stamp in history if item is not None]
+        user = live.ids.user(body.user) if body.user is not None else None
+        rec = model.recommend(user, body.k, live.ids.items(body.exclude), at=when, context=context, history=history)
+        return answer(body.user, rec, live.version)
+
+    def answer(user: str | None, rec: Recommendation, version: str) -> Response:
         metrics.observe_stages("/recommend", rec.timings_ms)
         if rec.fallback:
             metrics.observe_fallback(rec.fallback)
-        return json_response(recommend_json(user, rec, live.version))
+        return json_response(recommend_json(user, rec, version))
 
     @router.get("/similar", response_model=SimilarResponse, responses=_errors(404, 422, 503))
     async def similar(item: ItemId, k: K = 10) -> Response:

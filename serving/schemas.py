@@ -26,12 +26,50 @@ class ItemScore(BaseModel):
 
 
 class RecommendResponse(BaseModel):
-    user: str
+    user: str | None = Field(description="the request's user; null for an anonymous POST /recommend")
     items: list[ItemScore]
     model_version: str
     fallback: Literal["popular"] | None = Field(
         None, description="set when the user is unknown (or has no history) and popular items were served"
     )
+
+
+MAX_HISTORY = 1000
+TIME_DESCRIPTION = ("in the log's own time unit: unix seconds or ISO-8601 for a log in real time, the raw "
+                    "number for a log with pseudo-time")
+
+
+class HistoryEventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item: external_id()
+    timestamp: float | str | None = Field(None, description=f"when it happened, {TIME_DESCRIPTION}")
+
+
+class RecommendRequest(BaseModel):
+    """``POST /recommend``: a request whose history the caller supplies (replacing the stored one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user: external_id() | None = Field(None, description="known user (their id embedding is used); omit for a session")
+    history: list[HistoryEventIn] | None = Field(
+        None, max_length=MAX_HISTORY,
+        description="the user's interactions, oldest first; replaces the stored history (omit to keep it)")
+    at: float | str | None = Field(None, description=f"request time, {TIME_DESCRIPTION}; default: now")
+    k: int = Field(10, ge=1)
+    exclude: list[external_id()] = Field(default_factory=list, description="item ids never to return")
+    context: dict[str, float] = Field(default_factory=dict, description="the bundle's context columns (see /version)")
+
+
+def recommend_request_model(max_k: int, max_exclude: int, max_id_length: int) -> type[RecommendRequest]:
+    """``RecommendRequest`` with this deployment's limits (``Settings``)."""
+    item = external_id(max_id_length)
+    return create_model(
+        "RecommendRequest", __base__=RecommendRequest,
+        user=(item | None, Field(None, description="known user (their id embedding is used); omit for a session")),
+        k=(int, Field(10, ge=1, le=max_k, description="how many items to return")),
+        exclude=(list[item], Field(default_factory=list, max_length=max_exclude,
+                                   description="item ids never to return")))
 
 
 class SimilarResponse(BaseModel):
@@ -86,6 +124,9 @@ class VersionResponse(BaseModel):
     data_fingerprint: str
     format_version: int
     metrics: dict[str, Any]
+    data: dict[str, Any] = Field(default_factory=dict, description="cutoff (time of the last interaction the "
+                                 "bundle knows) and what was held out of it")
+    context_columns: list[str] = Field(default_factory=list, description="context parameters /recommend takes")
 
 
 class HealthResponse(BaseModel):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recsys.bundle.load import load_serving_model
-from recsys.bundle.manifest import BundleError, Manifest
+from recsys.bundle.manifest import BundleError
 from recsys.bundle.publish import resolve_bundle
 from recsys.pipeline.served import ServingModel
 from serving.errors import BundlePathInvalid, BundleRefused, NotReady
@@ -51,10 +51,13 @@ class ReloadOutcome:
     changed: bool
 
 
-def version_json(manifest: Manifest) -> bytes:
+def version_json(model: ServingModel) -> bytes:
+    manifest = model.manifest
     return VersionResponse(bundle_version=manifest.bundle_version, kind=manifest.kind,
                            created_at=manifest.created_at, data_fingerprint=manifest.data_fingerprint,
-                           format_version=manifest.format_version, metrics=manifest.metrics).model_dump_json().encode()
+                           format_version=manifest.format_version, metrics=manifest.metrics,
+                           data=model.runtime.get("data", {}),
+                           context_columns=list(model.context_columns)).model_dump_json().encode()
 
 
 class ModelState:
@@ -124,7 +127,7 @@ class ModelState:
         model = load_serving_model(bundle_dir, verify=True, threads=self.settings.threads,
                                    precompute_users=self.settings.precompute_users)
         model.smoke_test()
-        return LiveModel(model, RequestIds(model.content.users, model.content.items), version_json(model.manifest))
+        return LiveModel(model, RequestIds(model.content.users, model.content.items), version_json(model))
 
     def _swap(self, live: LiveModel) -> None:
         with self._swap_lock:

@@ -111,6 +111,9 @@ class BundleContent:
     ranking_arrays: dict[str, np.ndarray] = field(default_factory=dict)
     titles: pd.Series | None = None  # indexed by item index
     runtime: dict = field(default_factory=dict)
+    # [n_users] time of each user's latest interaction the bundle holds (-1: none): a request's
+    # ``last_timestamp``, as evaluation and ranker training give it.
+    last_time: np.ndarray | None = None
 
     def dense_item_vectors(self) -> np.ndarray:
         if self.item_vectors is not None:
@@ -125,8 +128,9 @@ def save_content(content: BundleContent, out: Path) -> None:
     content.users.save(files.users)
     content.items.save(files.items)
     seen = content.history.seen.tocsr()
+    last_time = content.last_time if content.last_time is not None else np.full(seen.shape[0], -1, np.int64)
     np.savez(files.history, recent=content.history.recent.astype(np.int32), indptr=seen.indptr,
-             indices=seen.indices, shape=np.array(seen.shape))
+             indices=seen.indices, shape=np.array(seen.shape), last_time=last_time.astype(np.int64))
     np.save(files.popularity, content.popularity.astype(np.float32))
     if content.item_vectors_int8 is not None:
         np.save(files.item_vectors_int8, content.item_vectors_int8)
@@ -150,6 +154,12 @@ def load_history(files: BundleFiles) -> History:
         return History(seen, stored["recent"])
 
 
+def load_last_time(files: BundleFiles, n_users: int) -> np.ndarray:
+    """Each user's latest interaction time (-1: none; bundles written before it was stored: all -1)."""
+    with np.load(files.history) as stored:
+        return stored["last_time"] if "last_time" in stored.files else np.full(n_users, -1, np.int64)
+
+
 def load_titles(files: BundleFiles) -> pd.Series | None:
     """Catalogue titles indexed by item index, or None when the bundle has no catalogue."""
     if not files.catalog.exists():
@@ -162,6 +172,7 @@ def load_content(bundle_dir: Path) -> BundleContent:
     files = BundleFiles(Path(bundle_dir))
     content = BundleContent(IdMap.load(files.users), IdMap.load(files.items), load_history(files),
                             np.load(files.popularity), runtime=json.loads(files.runtime.read_text()))
+    content.last_time = load_last_time(files, len(content.users))
     if files.item_vectors_int8.exists():
         content.item_vectors_int8 = np.load(files.item_vectors_int8)
         content.item_scales = np.load(files.item_scales)
@@ -172,6 +183,14 @@ def load_content(bundle_dir: Path) -> BundleContent:
             content.ranking_arrays = {name: arrays[name] for name in arrays.files}
     content.titles = load_titles(files)
     return content
+
+
+def last_times(known: pd.DataFrame, n_users: int) -> np.ndarray:
+    """[n_users] each user's latest time in ``known`` (split frame: columns ``u``, ``t``), -1 for none."""
+    out = np.full(n_users, -1, dtype=np.int64)
+    latest = known.groupby("u")["t"].max()
+    out[latest.index.to_numpy()] = latest.to_numpy()
+    return out
 
 
 def data_record(known: pd.DataFrame, holdout: str | None) -> dict:

@@ -10,7 +10,8 @@ builder and the ranker.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from recsys.index import search
 from recsys.pipeline.onnx import OnnxUserEncoder
 from recsys.pipeline.ranker_features import UserSide, user_side
 from recsys.pipeline.recommend import Pipeline, PipelineRecommender, items_csr, request_rows
+from recsys.pipeline.request import context_for, supplied_rows
+from recsys.pipeline.retrieve import history_inputs
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +47,26 @@ class Recommendation:
 
 
 class CachedUserEncoder:
-    """Known users' vectors computed once over their stored history; others go through the tower.
+    """Known users' vectors computed once over their stored history; other rows go through the tower.
 
-    Valid because the serving path never changes a known user's stored history between loads."""
+    A row is served from the cache only when its tower input is the stored history's (a caller
+    may supply another history for a known user), so cached answers equal recomputed ones."""
 
-    def __init__(self, encoder: OnnxUserEncoder, vectors: np.ndarray):
+    def __init__(self, encoder: OnnxUserEncoder, vectors: np.ndarray, stored_recent: np.ndarray, n_users: int):
         self.encoder = encoder
         self.vectors = vectors
+        self.stored_recent = stored_recent
+        self.n_users = n_users
 
     def __call__(self, users1: np.ndarray, history1: np.ndarray) -> np.ndarray:
-        if (users1 > 0).all():
+        cached = users1 > 0
+        known = users1[cached] - 1
+        _, stored1 = history_inputs(known, self.stored_recent[known], history1.shape[1], self.n_users)
+        cached[cached] = (stored1 == history1[cached]).all(1)
+        if cached.all():
             return self.vectors[users1 - 1]
         out = self.encoder(users1, history1)
-        known = users1 > 0
-        out[known] = self.vectors[users1[known] - 1]
+        out[cached] = self.vectors[users1[cached] - 1]
         return out
 
 
@@ -104,14 +113,13 @@ def cache_known_users(pipeline: Pipeline) -> None:
     if isinstance(pipeline.encode_users, CachedUserEncoder):
         return
     encoder = pipeline.encode_users
-    pipeline.encode_users = CachedUserEncoder(encoder, precompute_user_vectors(pipeline, encoder))
+    pipeline.encode_users = CachedUserEncoder(encoder, precompute_user_vectors(pipeline, encoder),
+                                              pipeline.history.recent, pipeline.n_users)
     if pipeline.has_ranker:
         pipeline.user_side = CachedUserSide(pipeline)
 
 
 def precompute_user_vectors(pipeline: Pipeline, encoder: OnnxUserEncoder) -> np.ndarray:
-    from recsys.pipeline.retrieve import history_inputs
-
     recent = pipeline.history.recent
     users = np.arange(len(recent))
     parts = []
@@ -137,6 +145,10 @@ class ServingModel:
         self.n_candidates = int(self.runtime.get("n_candidates", 200))
         self.titles = self._title_array(content)
         self._rows = BoundedCache(USER_CACHE)  # key -1: the unknown user's empty rows
+        self._recent_width = max(content.history.recent.shape[1], self.pipeline.history_len)
+        if content.last_time is None:
+            content.last_time = np.full(len(content.users), -1, np.int64)
+        self._loaded_at = time.monotonic()
 
     def cache_known_users(self) -> None:
         """Switch a model loaded with ``precompute_users=False`` to the server's caches."""
@@ -170,18 +182,48 @@ class ServingModel:
         timings_ms = {stage: seconds * 1e3 for stage, seconds in timings.items()}
         return Recommendation(external, [float(s) for s in scores], titles, fallback, timings_ms)
 
-    def recommend(self, user_id, k: int, exclude=()) -> Recommendation:
+    @property
+    def context_columns(self) -> tuple[str, ...]:
+        """The dataset context columns the ranker reads (request parameters)."""
+        tables = self.pipeline.feature_tables
+        return tuple(tables.context_columns) if tables is not None else ()
+
+    @property
+    def real_time(self) -> bool:
+        return bool(self.runtime.get("real_time", False))
+
+    def default_time(self) -> float | None:
+        """A request without a time happens now: the bundle's data cutoff plus the time since it was
+        loaded (never a gap of decades between a log's last event and the wall clock)."""
+        cutoff = self.runtime.get("data", {}).get("cutoff")
+        return None if cutoff is None else float(cutoff) + (time.monotonic() - self._loaded_at)
+
+    def recommend(self, user_id, k: int, exclude=(), at: float | None = None, context: dict | None = None,
+                  history: Sequence[tuple] | None = None) -> Recommendation:
+        """Top-k for one user id (unknown: -1 row, popular fallback unless ``history`` is given).
+
+        ``at`` is the request time in the log's unit (default `default_time`); ``context`` the
+        dataset's context columns; ``history`` ``[(item_id, timestamp or None), ...]`` oldest
+        first replaces the stored history (unknown items are ignored)."""
         timings: dict[str, float] = {}
-        user = np.array([self.content.users.index_of(user_id)], dtype=np.int64)
+        known = -1 if user_id is None else self.content.users.index_of(user_id)
+        user = np.array([known], dtype=np.int64)
         exclude_rows = None
         if len(exclude):
             excluded = self.item_index(exclude)
             exclude_rows = items_csr([excluded[excluded >= 0]], self.pipeline.n_items)
-        # What `Pipeline.recommend` does for one user, with the known user's history rows kept.
-        rows = self._rows.get(int(user[0]), lambda: request_rows(self.pipeline.history, user, self.pipeline.n_items,
-                                                                 self.pipeline.history_len))
+        if history is None:
+            rows = self._rows.get(int(user[0]), lambda: request_rows(self.pipeline.history, user,
+                                                                     self.pipeline.n_items, self.pipeline.history_len))
+            last = float(self.content.last_time[user[0]]) if user[0] >= 0 else -1.0
+        else:
+            items = self.item_index([item for item, _ in history])
+            rows = supplied_rows(items[items >= 0], self.pipeline.n_items, self._recent_width)
+            times = [stamp for _, stamp in history if stamp is not None]
+            last = max(times) if times else -1.0
+        request = context_for(self.default_time() if at is None else at, last, dict(context or {}))
         ids, scores, fallback = self.pipeline.recommend_rows(user, rows, k, True, exclude_rows, self.n_candidates,
-                                                             None, timings)
+                                                             request, timings)
         return self._result(ids[0], scores[0], "popular" if fallback[0] else None, timings)
 
     def similar(self, item_id, k: int) -> Recommendation:

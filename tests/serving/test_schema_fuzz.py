@@ -18,7 +18,8 @@ from serving.settings import Settings
 from tests.fixtures.servers import ADMIN_TOKEN, admin_headers
 
 MAX_EXAMPLES = 30
-WITH_INPUT = [("GET", "/recommend"), ("GET", "/similar"), ("POST", "/events"), ("POST", "/admin/reload")]
+WITH_INPUT = [("GET", "/recommend"), ("POST", "/recommend"), ("GET", "/similar"), ("POST", "/events"),
+              ("POST", "/admin/reload")]
 WITHOUT_INPUT = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/version"), ("GET", "/metrics")]
 # Operations without parameters or body have no invalid requests to generate.
 CASES = [(*op, GenerationMode.POSITIVE) for op in WITH_INPUT + WITHOUT_INPUT] + [

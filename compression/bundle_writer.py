@@ -23,6 +23,7 @@ from recsys.index import build_index, exact_topk, resolve_factory, save_index, t
 from recsys.models.two_tower import TwoTower, UserTower
 from recsys.pipeline.feature_tables import FeatureTables, build_feature_tables, has_global_time
 from recsys.pipeline.retrieve import history_inputs
+from recsys.pipeline.served import tower_outputs
 from recsys.split import MAX_RECENT, Split
 from recsys.train.torch_pipeline import all_item_vectors
 
@@ -126,6 +127,7 @@ def write_bundle(staging: Path, towers: TwoTower, dataset: Dataset, split: Split
     runtime["data"] = data_record(split.history_frame("test"), HOLDOUT)
     runtime["real_time"] = has_global_time(split)  # unix seconds, not a per-user pseudo-time
     content.last_time = last_times(split.history_frame("test"), split.n_users)
+    content.user_vectors = stored_user_vectors(BundleFiles(staging), history, towers.cfg.history_len)
     content.runtime = runtime
     save_content(content, staging)
     return runtime
@@ -174,6 +176,13 @@ def _as_fp16(module: torch.nn.Module, path: Path, check: dict[str, np.ndarray], 
             "max_abs_diff": validate_onnx(module, path, check, atol=FP16_ATOL, rtol=FP16_ATOL)}
 
 
+def stored_user_vectors(files: BundleFiles, history: History, history_len: int) -> np.ndarray:
+    """What the server answers a known user from: the exported tower over their stored history."""
+    from recsys.pipeline.onnx import OnnxUserEncoder
+
+    return tower_outputs(OnnxUserEncoder(files.user_tower), history.recent, history_len, history.seen.shape[0])
+
+
 def _query_vectors(staging: Path, history: History, towers: TwoTower, users: np.ndarray) -> np.ndarray:
     """User vectors of held-out requests, from the exported (possibly int8) tower itself."""
     from recsys.pipeline.onnx import OnnxUserEncoder
@@ -192,8 +201,9 @@ def publish_whole_log(measured: Path, bundles_root: Path, *, kind: str, dataset:
     models, the index and their quantisation stay those the card measured."""
     whole = split.whole()
 
-    def fill(content: BundleContent) -> None:
+    def fill(content: BundleContent, files: BundleFiles) -> None:
         content.history = whole.user_history("valid", max_len=MAX_RECENT)
+        content.user_vectors = stored_user_vectors(files, content.history, content.runtime["history_len"])
         content.last_time = last_times(whole.train, split.n_users)
         content.popularity = np.bincount(whole.train["i"], minlength=split.n_items).astype(np.float32)
         if content.ranking_arrays:

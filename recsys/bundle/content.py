@@ -5,8 +5,9 @@
     index.faiss, index.json   FAISS index over item vectors (positions = item indices)
     item_vectors.npy          float32 [items, D]   | item_vectors_int8.npy + item_scales.npy
     users.json, items.json    id maps (external ids, exact round trip)
-    history.npz               recent [users, L] item indices (left-padded -1) + seen CSR
+    history.npz               recent [users, L] item indices (left-padded -1) + seen CSR + last_time [users]
     popularity.npy            interaction counts of what the bundle knows: fallback order for unknown users
+    user_vectors.npy          float32 [users, D] the user tower over each stored history (precomputed)
     ranking_features.npz      arrays the ranker's feature builder reads (optional)
     catalog.parquet           item_id, title (optional)
     runtime.json              how to run it: history_len, dim, n_candidates, quantisation, ...; and
@@ -69,6 +70,10 @@ class BundleFiles:
         return self.root / "history.npz"
 
     @property
+    def user_vectors(self) -> Path:
+        return self.root / "user_vectors.npy"
+
+    @property
     def popularity(self) -> Path:
         return self.root / "popularity.npy"
 
@@ -114,6 +119,9 @@ class BundleContent:
     # [n_users] time of each user's latest interaction the bundle holds (-1: none): a request's
     # ``last_timestamp``, as evaluation and ranker training give it.
     last_time: np.ndarray | None = None
+    # [n_users, D] the user tower over each stored history, computed when the bundle is built and
+    # mapped read-only by every worker (None: computed at load, as bundles before it was stored).
+    user_vectors: np.ndarray | None = None
 
     def dense_item_vectors(self) -> np.ndarray:
         if self.item_vectors is not None:
@@ -132,6 +140,8 @@ def save_content(content: BundleContent, out: Path) -> None:
     np.savez(files.history, recent=content.history.recent.astype(np.int32), indptr=seen.indptr,
              indices=seen.indices, shape=np.array(seen.shape), last_time=last_time.astype(np.int64))
     np.save(files.popularity, content.popularity.astype(np.float32))
+    if content.user_vectors is not None:
+        np.save(files.user_vectors, np.asarray(content.user_vectors, dtype=np.float32))
     if content.item_vectors_int8 is not None:
         np.save(files.item_vectors_int8, content.item_vectors_int8)
         np.save(files.item_scales, content.item_scales.astype(np.float32))
@@ -173,6 +183,8 @@ def load_content(bundle_dir: Path) -> BundleContent:
     content = BundleContent(IdMap.load(files.users), IdMap.load(files.items), load_history(files),
                             np.load(files.popularity), runtime=json.loads(files.runtime.read_text()))
     content.last_time = load_last_time(files, len(content.users))
+    if files.user_vectors.exists():
+        content.user_vectors = np.load(files.user_vectors, mmap_mode="r")
     if files.item_vectors_int8.exists():
         content.item_vectors_int8 = np.load(files.item_vectors_int8)
         content.item_scales = np.load(files.item_scales)
@@ -206,10 +218,12 @@ def knows_everything(content: BundleContent) -> bool:
     return data is not None and data.get("holdout") is None
 
 
-def restage(source: Path, staging: Path, change: Callable[[BundleContent], None]) -> None:
-    """Copy a bundle's files (not its manifest) into ``staging`` and rewrite its arrays through ``change``:
-    the same models and index, other histories / counts."""
+def restage(source: Path, staging: Path, change: Callable[[BundleContent, BundleFiles], None]) -> None:
+    """Copy a bundle's files (not its manifest) into ``staging`` and rewrite its arrays through
+    ``change(content, files)``: the same models and index, other histories / counts."""
     shutil.copytree(source, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MANIFEST_NAME))
     content = load_content(staging)
-    change(content)
+    if content.user_vectors is not None:
+        content.user_vectors = np.array(content.user_vectors)  # off the file it is about to replace
+    change(content, BundleFiles(staging))
     save_content(content, staging)

@@ -44,7 +44,7 @@ def bundle_pipeline(bundle_dir: Path, content: BundleContent, threads: int = 1,
                         score_candidates=OnnxRankerScorer(files.ranker, threads) if has_ranker else None,
                         users=content.users, items=content.items, history=content.history)
     if precompute_users:
-        cache_known_users(pipeline)
+        cache_known_users(pipeline, content.user_vectors)
     return pipeline
 
 

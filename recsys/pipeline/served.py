@@ -107,25 +107,27 @@ class CachedUserSide:
         return self.cache.get(user, lambda: user_side(self.pipeline.feature_tables, rows, self.pipeline.item_vectors))
 
 
-def cache_known_users(pipeline: Pipeline) -> None:
-    """Answer known users the way the server does: their tower outputs computed now over their
-    stored history, the features' user side cached on first use."""
+def cache_known_users(pipeline: Pipeline, vectors: np.ndarray | None = None) -> None:
+    """Answer known users the way the server does: their tower outputs over their stored history
+    (``vectors``, as the bundle stores them, or computed now), the features' user side cached on
+    first use."""
     if isinstance(pipeline.encode_users, CachedUserEncoder):
         return
     encoder = pipeline.encode_users
-    pipeline.encode_users = CachedUserEncoder(encoder, precompute_user_vectors(pipeline, encoder),
-                                              pipeline.history.recent, pipeline.n_users)
+    if vectors is None:
+        vectors = tower_outputs(encoder, pipeline.history.recent, pipeline.history_len, pipeline.n_users)
+    pipeline.encode_users = CachedUserEncoder(encoder, vectors, pipeline.history.recent, pipeline.n_users)
     if pipeline.has_ranker:
         pipeline.user_side = CachedUserSide(pipeline)
 
 
-def precompute_user_vectors(pipeline: Pipeline, encoder: OnnxUserEncoder) -> np.ndarray:
-    recent = pipeline.history.recent
+def tower_outputs(encoder: OnnxUserEncoder, recent: np.ndarray, history_len: int, n_users: int) -> np.ndarray:
+    """[users, D] the user tower over every stored history row, in batches."""
     users = np.arange(len(recent))
     parts = []
     for start in range(0, len(users), PRECOMPUTE_BATCH):
         batch = users[start:start + PRECOMPUTE_BATCH]
-        parts.append(encoder(*history_inputs(batch, recent[batch], pipeline.history_len, pipeline.n_users)))
+        parts.append(encoder(*history_inputs(batch, recent[batch], history_len, n_users)))
     return np.vstack(parts).astype(np.float32) if parts else np.zeros((0, 1), np.float32)
 
 
@@ -152,7 +154,7 @@ class ServingModel:
 
     def cache_known_users(self) -> None:
         """Switch a model loaded with ``precompute_users=False`` to the server's caches."""
-        cache_known_users(self.pipeline)
+        cache_known_users(self.pipeline, self.content.user_vectors)
 
     @property
     def version(self) -> str:

@@ -78,3 +78,25 @@ def sample_users(split: Split, n: int, seed: int) -> Split:
     keep = np.sort(rng.choice(split.n_users, size=n, replace=False))
     valid = split.valid[split.valid["u"].isin(keep)].reset_index(drop=True)
     return Split(split.users, split.items, split.train, valid, split.test, split.context_columns)
+
+
+def held_out_requests(split: Split, stage: str = "test") -> list[dict]:
+    """Each held-out user's request as an HTTP caller sends it to ``POST /recommend``: external
+    ids, the evaluation's history (oldest first, with times), ``at`` the held-out time and the
+    held-out row's context; aligned with ``split.targets(stage)``."""
+    from recsys.pipeline.ranker_features import request_context
+
+    users, _ = split.targets(stage)
+    context = request_context(split, stage)
+    times = split.stage_frame(stage)["t"].to_numpy()
+    by_user = dict(list(split.history_frame(stage).groupby("u", sort=False)))
+    requests = []
+    for row, user in enumerate(users):
+        frame = by_user.get(user, split.train.iloc[:0])
+        items = split.items.to_external(frame["i"].to_numpy())
+        requests.append({"user": str(split.users.ids[user]),
+                         "history": [{"item": str(item), "timestamp": int(t)}
+                                     for item, t in zip(items, frame["t"], strict=True)],
+                         "at": int(times[row]),
+                         "context": {name: float(context[name][row]) for name in split.context_columns}})
+    return requests

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from recsys.bundle.load import load_serving_model
 from recsys.data.datasets import load_dataset
 from recsys.evaluate.models import load_model
-from recsys.evaluate.scoring import TOPK, recommend_for_stage
+from recsys.evaluate.scoring import TOPK, held_out_requests, recommend_for_stage
 from recsys.pipeline.ranker_features import request_context
 from recsys.pipeline.recommend import request_rows
 from recsys.split import temporal_split
@@ -30,20 +30,6 @@ def split(tiny):
     return temporal_split(load_dataset(str(tiny.interactions), tiny.root, str(tiny.items)))
 
 
-def evaluation_requests(split):
-    """Per test user: (user id, history [(item id, time)] oldest first, held-out time, context)."""
-    users, _ = split.targets("test")
-    history = split.history_frame("test")
-    context = request_context(split, "test")
-    by_user = {user: frame for user, frame in history.groupby("u", sort=False)}
-    for row, user in enumerate(users):
-        frame = by_user[user]
-        events = [{"item": str(item), "timestamp": int(t)}
-                  for item, t in zip(split.items.to_external(frame["i"].to_numpy()), frame["t"], strict=True)]
-        columns = {name: float(context[name][row]) for name in split.context_columns}
-        yield str(split.users.ids[user]), events, int(split.test["t"].iloc[row]), columns
-
-
 @pytest.mark.parametrize("name", BUNDLES)
 def test_post_recommend_with_the_evaluation_request_returns_evaluates_top_k(tiny, split, name, tmp_path):
     bundle = tiny.bundles / "holdout" / name
@@ -51,13 +37,12 @@ def test_post_recommend_with_the_evaluation_request_returns_evaluates_top_k(tiny
     expected = recommend_for_stage(load_model(str(bundle), split), split, "test", TOPK)
     settings = Settings(bundle=bundle, events_db=tmp_path / "events.sqlite")
     with TestClient(create_app(settings)) as client:
-        for row, (user, events, at, context) in enumerate(evaluation_requests(split)):
-            answer = client.post("/recommend", json={"user": user, "history": events, "at": at, "k": TOPK,
-                                                     "context": context})
+        for row, body in enumerate(held_out_requests(split, "test")):
+            answer = client.post("/recommend", json={**body, "k": TOPK})
             assert answer.status_code == 200, answer.text
             got = [item["item_id"] for item in answer.json()["items"]]
             want = [str(item) for item in split.items.to_external(expected[row][expected[row] >= 0])]
-            assert got == want, f"user {user}"
+            assert got == want, f"user {body['user']}"
 
 
 @pytest.mark.parametrize("name", BUNDLES)

@@ -1,11 +1,15 @@
-"""A shop's own log, as a new user would run it: build from the log, serve, score the next events over HTTP.
+"""Quality as the HTTP service delivers it: a shop's own log scored on its next events, and
+POST /recommend against `recsys.evaluate` on the same bundle.
 
-    python -m benchmarks.own_log_http prepare --out /tmp/own-log        # ml-100k minus each user's last row
+The own-log flow, as a new user would run it (build from the log, serve, score the next events):
+
+    python -m benchmarks.http_quality prepare --out /tmp/own-log        # ml-100k minus each user's last row
     python -m recsys.train --dataset /tmp/own-log/log.csv --items /tmp/own-log/items.csv \\
         --users /tmp/own-log/users.csv --out /tmp/own-log/model
     python -m compression --model /tmp/own-log/model --dataset /tmp/own-log/log.csv \\
         --items /tmp/own-log/items.csv --users /tmp/own-log/users.csv --out /tmp/own-log/bundles
-    python -m benchmarks.own_log_http score --bundle /tmp/own-log/bundles/compressed --later /tmp/own-log/later.csv
+    python -m benchmarks.http_quality score --bundle /tmp/own-log/bundles/compressed --later /tmp/own-log/later.csv \
+        --log /tmp/own-log/log.csv
 
 ``prepare`` writes ml-100k's rows without each user's last interaction (the protocol's test rows)
 as ``log.csv`` (with the item and user tables), and those last interactions as ``later.csv``: the
@@ -13,6 +17,12 @@ events that happen after the shop built its bundle. ``score`` starts ``python -m
 published bundle, asks ``GET /recommend?user=U&k=20`` (no history, no time: what a shop's page
 asks) for every user with a later event, and reports the protocol's metrics of those answers
 against the later events, plus how many users were recommended an item from their own log.
+
+Served is measured (``parity``): for every test user of a dataset, ``POST /recommend`` to a
+hold-out bundle with the protocol's train + valid history, ``at=`` the held-out time and the
+held-out row's context, re-scored under the protocol, beside `recsys.evaluate` on that bundle:
+
+    python -m benchmarks.http_quality parity --dataset ml-100k --bundle artifacts/ml-100k/bundles/holdout/compressed
 """
 
 from __future__ import annotations
@@ -32,9 +42,11 @@ from tqdm.auto import tqdm
 from loadtest.harness import running_server
 from recsys.data.datasets import DEFAULT_DATA_DIR, load_dataset
 from recsys.evaluate.metrics import topk_metrics
+from recsys.evaluate.models import load_model
+from recsys.evaluate.scoring import held_out_requests, recommend_for_stage, score_topk
 from recsys.split import temporal_split
 
-log = logging.getLogger("benchmarks.own_log_http")
+log = logging.getLogger("benchmarks.http_quality")
 
 K = 20
 
@@ -86,8 +98,32 @@ def score(bundle: str, later_path: Path, log_path: Path | None) -> dict:
     return result
 
 
+def parity(dataset_name: str, bundle: str, data_dir: Path) -> dict:
+    split = temporal_split(load_dataset(dataset_name, data_dir))
+    model = load_model(bundle, split)
+    evaluated = score_topk(recommend_for_stage(model, split, "test"), split)
+    requests = held_out_requests(split, "test")
+    topk = np.full((len(requests), K), -1, dtype=np.int64)
+    command = [sys.executable, "-m", "serving", "--bundle", bundle, "--host", "127.0.0.1", "--port", "0"]
+    with tempfile.TemporaryDirectory() as scratch, \
+            running_server(command, Path(scratch) / "server.log") as (_, url), \
+            httpx.Client(base_url=url, timeout=30) as client:
+        for row, body in enumerate(tqdm(requests, desc="POST /recommend", unit="user")):
+            answer = client.post("/recommend", json={**body, "k": K})
+            answer.raise_for_status()
+            ids = [entry["item_id"] for entry in answer.json()["items"]]
+            topk[row, :len(ids)] = split.items.to_index(ids, missing=-1)
+    served = score_topk(topk, split)
+    result = {"dataset": dataset_name, "bundle": bundle, "users": len(requests),
+              "evaluate_NDCG@10": evaluated["NDCG@10"], "http_NDCG@10": served["NDCG@10"],
+              "difference": served["NDCG@10"] - evaluated["NDCG@10"],
+              "evaluate_HR@10": evaluated["HR@10"], "http_HR@10": served["HR@10"]}
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.own_log_http", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.http_quality", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     prep = commands.add_parser("prepare", help="write log.csv, later.csv, items.csv, users.csv")
     prep.add_argument("--out", type=Path, required=True)
@@ -96,11 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     scoring.add_argument("--bundle", required=True)
     scoring.add_argument("--later", type=Path, required=True)
     scoring.add_argument("--log", type=Path, help="the log the bundle was built from (to count own items)")
+    check = commands.add_parser("parity", help="POST /recommend vs recsys.evaluate on a hold-out bundle")
+    check.add_argument("--dataset", required=True)
+    check.add_argument("--bundle", required=True)
+    check.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "prepare":
         prepare(args.out, args.data_dir)
+    elif args.command == "parity":
+        parity(args.dataset, args.bundle, args.data_dir)
     else:
         score(args.bundle, args.later, args.log)
     return 0

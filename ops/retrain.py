@@ -40,13 +40,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from compression.compress import HOLDOUT_DIR
 from ops.merge import LogFiles, merge_events, write_log
 from ops.server import ReloadFailed, ServerClient
 from recsys.bundle.manifest import BundleError, load_manifest
-from recsys.bundle.publish import current_version, resolve_bundle
+from recsys.bundle.publish import current_version, resolve_bundle, version_dir
 from recsys.data.datasets import BUILTIN, DEFAULT_DATA_DIR, load_dataset
 from recsys.data.events import EventStore
 from recsys.data.schema import DataError
+from recsys.evaluate.backtest import backtest, load_bundle
+from recsys.pipeline.contract import ModelSpecError
+from recsys.split import Split, temporal_split
 
 log = logging.getLogger("ops.retrain")
 
@@ -135,6 +139,7 @@ class Retrain:
             else:
                 model_dir = self.train(files)
                 self.compress(files, model_dir)
+                self.compare(files)
             self.reload()
             self.record["outcome"] = "ok"
             return 0
@@ -206,6 +211,34 @@ class Retrain:
         log.info("[3/%d] compress: gate passed; %s/current is now %s (was %s)", STEPS, self.compressed_root,
                  published, self.served_before)
 
+    def compare(self, files: LogFiles) -> None:
+        """Report (the gate decides): the bundle served before and the candidate's hold-out build,
+        backtested on the same events, the users' latest interactions that came after the served
+        bundle's data cutoff: neither was built from them."""
+        if self.served_before is None:
+            return
+        before = version_dir(self.compressed_root, self.served_before)
+        candidate = self.cfg.bundles / HOLDOUT_DIR / "compressed"
+        try:
+            served = load_bundle(before)
+            cutoff = (served.runtime.get("data") or {}).get("cutoff")
+            if cutoff is None:
+                log.info("[3/%d] backtest: skipped (bundle %s records no data cutoff)", STEPS, self.served_before)
+                return
+            dataset = load_dataset(str(files.interactions), self.cfg.data_dir, files.items, files.users)
+            later = newest_events(temporal_split(dataset), cutoff)
+            if later.empty:
+                log.info("[3/%d] backtest: no user's latest event is after %s's cutoff", STEPS, self.served_before)
+                return
+            scores = {"served_before": backtest(served, later).metrics,
+                      "candidate_holdout": backtest(load_bundle(candidate), later).metrics}
+        except (BundleError, DataError, ModelSpecError, OSError) as exc:
+            log.warning("[3/%d] backtest: not run (%s)", STEPS, exc)
+            return
+        self.record["backtest"] = {"events": len(later), "cutoff": cutoff, **scores}
+        log.info("[3/%d] backtest on %d newer events: bundle served before NDCG@10 %.4f, new hold-out build %.4f",
+                 STEPS, len(later), scores["served_before"]["NDCG@10"], scores["candidate_holdout"]["NDCG@10"])
+
     def reload(self) -> None:
         cfg = self.cfg
         if cfg.server is None:
@@ -228,6 +261,17 @@ class Retrain:
 
     def still_serving(self) -> str:
         return f"nothing was published, {self.compressed_root}/current still is {self.served_before or 'unset'}"
+
+
+def newest_events(split: Split, cutoff: int) -> pd.DataFrame:
+    """Each user's latest interaction (the split's test rows) that came after ``cutoff``, in external ids."""
+    test = split.test[split.test["t"] > cutoff]
+    frame = pd.DataFrame({"user_id": split.users.to_external(test["u"].to_numpy()),
+                          "item_id": split.items.to_external(test["i"].to_numpy()),
+                          "timestamp": test["t"].to_numpy()})
+    for column in split.context_columns:
+        frame[column] = test[column].to_numpy()
+    return frame
 
 
 def read_events(path: Path) -> pd.DataFrame:

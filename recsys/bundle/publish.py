@@ -134,6 +134,12 @@ def _swap_current(root: Path, version: str) -> None:
     log.info("current bundle under %s is now %s", root, version)
 
 
+def version_dir(bundles_root: str | os.PathLike[str], version: str) -> Path:
+    """Where a published version lives under a bundles root."""
+    _check_version_name(version)
+    return Path(bundles_root) / VERSIONS_DIR / version
+
+
 def list_versions(bundles_root: str | os.PathLike[str]) -> list[str]:
     versions_dir = Path(bundles_root) / VERSIONS_DIR
     if not versions_dir.is_dir():

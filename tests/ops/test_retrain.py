@@ -70,6 +70,11 @@ def test_retrain_publishes_and_hot_reloads_then_skips_when_nothing_changed(tiny,
         new = current_version(bundles / "compressed")
         assert new != old and f"reload: {url} now serves {new} (was {old})" in result.stderr
         assert ServerClient(url, None)._call("GET", "/version")["bundle_version"] == new
+        # Both bundles were backtested on the users' latest events (the new ones), which neither was built from.
+        record = json.loads(next((tmp_path / "retrain" / "runs").glob("*/retrain.json")).read_text())
+        assert record["backtest"]["events"] >= 1 and record["backtest"]["cutoff"] is not None
+        for name in ("served_before", "candidate_holdout"):
+            assert 0 <= record["backtest"][name]["NDCG@10"] <= 1
         again = retrain(tiny, bundles, events_db, "--server", url, token=ADMIN_TOKEN)
         assert again.returncode == 0, again.stderr[-3000:]
         assert "no new data since bundle" in again.stderr and current_version(bundles / "compressed") == new

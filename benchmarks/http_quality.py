@@ -20,7 +20,8 @@ against the later events, plus how many users were recommended an item from thei
 
 Served is measured (``parity``): for every test user of a dataset, ``POST /recommend`` to a
 hold-out bundle with the protocol's train + valid history, ``at=`` the held-out time and the
-held-out row's context, re-scored under the protocol, beside `recsys.evaluate` on that bundle:
+held-out row's context (and ``GET /recommend?user=&at=`` with the bundle's stored history),
+re-scored under the protocol, beside `recsys.evaluate` on that bundle:
 
     python -m benchmarks.http_quality parity --dataset ml-100k --bundle artifacts/ml-100k/bundles/holdout/compressed
 """
@@ -103,21 +104,29 @@ def parity(dataset_name: str, bundle: str, data_dir: Path) -> dict:
     model = load_model(bundle, split)
     evaluated = score_topk(recommend_for_stage(model, split, "test"), split)
     requests = held_out_requests(split, "test")
-    topk = np.full((len(requests), K), -1, dtype=np.int64)
+    post = np.full((len(requests), K), -1, dtype=np.int64)
+    get = post.copy()
     command = [sys.executable, "-m", "serving", "--bundle", bundle, "--host", "127.0.0.1", "--port", "0"]
     with tempfile.TemporaryDirectory() as scratch, \
             running_server(command, Path(scratch) / "server.log") as (_, url), \
             httpx.Client(base_url=url, timeout=30) as client:
-        for row, body in enumerate(tqdm(requests, desc="POST /recommend", unit="user")):
-            answer = client.post("/recommend", json={**body, "k": K})
-            answer.raise_for_status()
-            ids = [entry["item_id"] for entry in answer.json()["items"]]
-            topk[row, :len(ids)] = split.items.to_index(ids, missing=-1)
-    served = score_topk(topk, split)
+        for row, body in enumerate(tqdm(requests, desc="POST + GET /recommend", unit="user")):
+            # POST: the caller sends the evaluation's history; GET: the bundle's stored history.
+            answers = (client.post("/recommend", json={**body, "k": K}),
+                       client.get("/recommend", params={"user": body["user"], "k": K, "at": body["at"],
+                                                        **body["context"]}))
+            for topk, answer in zip((post, get), answers, strict=True):
+                answer.raise_for_status()
+                ids = [entry["item_id"] for entry in answer.json()["items"]]
+                topk[row, :len(ids)] = split.items.to_index(ids, missing=-1)
+    served = score_topk(post, split)
+    stored = score_topk(get, split)
     result = {"dataset": dataset_name, "bundle": bundle, "users": len(requests),
-              "evaluate_NDCG@10": evaluated["NDCG@10"], "http_NDCG@10": served["NDCG@10"],
-              "difference": served["NDCG@10"] - evaluated["NDCG@10"],
-              "evaluate_HR@10": evaluated["HR@10"], "http_HR@10": served["HR@10"]}
+              "evaluate_NDCG@10": evaluated["NDCG@10"], "post_NDCG@10": served["NDCG@10"],
+              "post_difference": served["NDCG@10"] - evaluated["NDCG@10"], "get_NDCG@10": stored["NDCG@10"],
+              "get_difference": stored["NDCG@10"] - evaluated["NDCG@10"],
+              "evaluate_HR@10": evaluated["HR@10"], "post_HR@10": served["HR@10"],
+              "get_HR@10": stored["HR@10"]}
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
     return result
 

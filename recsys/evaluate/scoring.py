@@ -98,5 +98,7 @@ def held_out_requests(split: Split, stage: str = "test") -> list[dict]:
                          "history": [{"item": str(item), "timestamp": int(t)}
                                      for item, t in zip(items, frame["t"], strict=True)],
                          "at": int(times[row]),
-                         "context": {name: float(context[name][row]) for name in split.context_columns}})
+                         # A missing value (NaN) is left out: the server reads an absent column as missing.
+                         "context": {name: float(context[name][row]) for name in split.context_columns
+                                     if not np.isnan(context[name][row])}})
     return requests

@@ -156,7 +156,8 @@ def build_router(services: Services) -> APIRouter:
     Events = Annotated[events_body(EventModel, settings.max_events_per_request), Body()]
 
     At = Annotated[str | None, Query(max_length=64, description=f"request time, {TIME_DESCRIPTION}; default: the "
-                                     "bundle's data cutoff plus the time since it was loaded")]
+                                     "bundle's data cutoff plus the time since it was loaded (the user's time "
+                                     "since their last interaction is then left unknown)")]
     RecommendBody = Annotated[recommend_request_model(settings.max_k, settings.max_exclude, settings.max_id_length),
                               Body()]
 

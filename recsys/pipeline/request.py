@@ -47,11 +47,14 @@ def request_time(value: float | str | None, real_time: bool) -> float | None:
     return float(stamp.timestamp())
 
 
-def context_for(at: float | None, last_time: float, columns: dict[str, float]) -> dict[str, np.ndarray]:
-    """The one-row context `build_features` reads, as `ranker_features.request_context` builds it."""
-    context = {LAST_TIMESTAMP: np.array([last_time], dtype=np.float64)}
+def context_for(at: float | None, last_time: float | None, columns: dict[str, float]) -> dict[str, np.ndarray]:
+    """The one-row context `build_features` reads, as `ranker_features.request_context` builds it;
+    ``last_time`` None leaves the user's time gap unknown (the feature reads 0)."""
+    context = {}
     if at is not None:
         context[TIMESTAMP] = np.array([at], dtype=np.float64)
+    if last_time is not None:
+        context[LAST_TIMESTAMP] = np.array([last_time], dtype=np.float64)
     for name, value in columns.items():
         context[name] = np.array([value], dtype=np.float64)
     return context

@@ -48,7 +48,7 @@ from recsys.bundle.publish import current_version, resolve_bundle, version_dir
 from recsys.data.datasets import BUILTIN, DEFAULT_DATA_DIR, load_dataset
 from recsys.data.events import EventStore
 from recsys.data.schema import DataError
-from recsys.evaluate.backtest import backtest, load_bundle
+from recsys.evaluate.backtest import backtest, load_bundle, split_rows_as_log
 from recsys.pipeline.contract import ModelSpecError
 from recsys.split import Split, temporal_split
 
@@ -265,13 +265,7 @@ class Retrain:
 
 def newest_events(split: Split, cutoff: int) -> pd.DataFrame:
     """Each user's latest interaction (the split's test rows) that came after ``cutoff``, in external ids."""
-    test = split.test[split.test["t"] > cutoff]
-    frame = pd.DataFrame({"user_id": split.users.to_external(test["u"].to_numpy()),
-                          "item_id": split.items.to_external(test["i"].to_numpy()),
-                          "timestamp": test["t"].to_numpy()})
-    for column in split.context_columns:
-        frame[column] = test[column].to_numpy()
-    return frame
+    return split_rows_as_log(split, split.test[split.test["t"] > cutoff])
 
 
 def read_events(path: Path) -> pd.DataFrame:

@@ -32,6 +32,7 @@ from recsys.evaluate.scoring import TOPK
 from recsys.pipeline.contract import ModelSpecError
 from recsys.pipeline.ranker_features import LAST_TIMESTAMP, TIMESTAMP
 from recsys.pipeline.recommend import Pipeline, append_items, request_rows
+from recsys.split import Split
 
 if TYPE_CHECKING:
     from recsys.pipeline.served import ServingModel
@@ -85,6 +86,17 @@ class _UserState:
             if add:
                 self.folded[key].append(item)
         np.maximum.at(self.last_time, keys, times)
+
+
+def split_rows_as_log(split: Split, frame: pd.DataFrame, context: bool = True) -> pd.DataFrame:
+    """Rows of a split (index space) as a later log: external ids, timestamps and, unless
+    ``context`` is False, the dataset's context columns."""
+    log_frame = pd.DataFrame({USER: split.users.to_external(frame["u"].to_numpy()),
+                              ITEM: split.items.to_external(frame["i"].to_numpy()),
+                              TIME: frame["t"].to_numpy(np.int64)})
+    for column in split.context_columns if context else ():
+        log_frame[column] = frame[column].to_numpy()
+    return log_frame
 
 
 def read_later_events(path: str | Path) -> pd.DataFrame:

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recsys.bundle.content import last_times
 from recsys.data.datasets import Dataset, load_dataset
-from recsys.evaluate.backtest import backtest, load_bundle, map_events, replay
+from recsys.evaluate.backtest import backtest, load_bundle, map_events, replay, split_rows_as_log
 from recsys.evaluate.cli import main
 from recsys.evaluate.metrics import topk_metrics
 from recsys.evaluate.models import load_model
@@ -26,24 +27,6 @@ from recsys.split import Split, temporal_split
 from tests.fixtures.bundles import publish_tiny_bundle
 
 METRIC_KEYS = tuple(topk_metrics(np.full((2, 20), -1), np.zeros(2, np.int64), 1))
-
-
-def later_log(split: Split, frame: pd.DataFrame, context: bool = True) -> pd.DataFrame:
-    """Split rows as a later log: external ids, timestamps, and the dataset's context columns."""
-    log_frame = pd.DataFrame({"user_id": split.users.to_external(frame["u"].to_numpy()),
-                              "item_id": split.items.to_external(frame["i"].to_numpy()),
-                              "timestamp": frame["t"].to_numpy(np.int64)})
-    for column in split.context_columns if context else ():
-        log_frame[column] = frame[column].to_numpy()
-    return log_frame
-
-
-def last_times(known: pd.DataFrame, n_users: int) -> np.ndarray:
-    """Each user's latest time in ``known`` (-1: none), as a bundle stores it."""
-    out = np.full(n_users, -1, dtype=np.int64)
-    latest = known.groupby("u")["t"].max()
-    out[latest.index.to_numpy()] = latest.to_numpy()
-    return out
 
 
 def forget_valid(served, split: Split) -> None:
@@ -63,7 +46,7 @@ def test_held_out_rows_reproduce_evaluate(tmp_path, checkerboard_bundle, checker
     split = checkerboard_split
     expected, expected_topk = evaluate_model(load_model(str(checkerboard_bundle), split), split, "test")
     events = tmp_path / "later.csv"
-    later_log(split, split.test).to_csv(events, index=False)
+    split_rows_as_log(split, split.test).to_csv(events, index=False)
     out = tmp_path / "backtest.json"
 
     assert main(["--model", str(checkerboard_bundle), "--events", str(events), "--json", str(out)]) == 0
@@ -77,18 +60,21 @@ def test_held_out_rows_reproduce_evaluate(tmp_path, checkerboard_bundle, checker
     np.testing.assert_array_equal(result.topk, expected_topk)
 
 
-def test_later_steps_fold_in_earlier_events(checkerboard_bundle, checkerboard_split):
+def assert_later_steps_fold_in_earlier_events(bundle: Path, split: Split) -> None:
     """A bundle that knows train only, given valid + test rows: step 1 has the valid item in its history."""
-    split = checkerboard_split
-    model = load_model(str(checkerboard_bundle), split)
-    served = load_bundle(checkerboard_bundle)
+    model = load_model(str(bundle), split)
+    served = load_bundle(bundle)
     forget_valid(served, split)
 
-    result = backtest(served, later_log(split, pd.concat([split.valid, split.test])))
+    result = backtest(served, split_rows_as_log(split, pd.concat([split.valid, split.test])))
 
     n = len(split.valid)
     np.testing.assert_array_equal(result.topk[:n], recommend_for_stage(model, split, "valid"))
     np.testing.assert_array_equal(result.topk[n:], recommend_for_stage(model, split, "test"))
+
+
+def test_later_steps_fold_in_earlier_events(checkerboard_bundle, checkerboard_split):
+    assert_later_steps_fold_in_earlier_events(checkerboard_bundle, checkerboard_split)
 
 
 def test_unknown_user_folds_in_and_unknown_item_is_a_miss(checkerboard_bundle, caplog):
@@ -122,7 +108,7 @@ def test_unknown_user_folds_in_and_unknown_item_is_a_miss(checkerboard_bundle, c
 def test_events_at_or_before_the_cutoff_are_scored_and_counted(checkerboard_bundle, checkerboard_split, caplog):
     served = load_bundle(checkerboard_bundle)
     cutoff = served.runtime["data"]["cutoff"]
-    later = later_log(checkerboard_split, checkerboard_split.test).assign(timestamp=cutoff)
+    later = split_rows_as_log(checkerboard_split, checkerboard_split.test).assign(timestamp=cutoff)
 
     with caplog.at_level(logging.WARNING, logger="recsys.evaluate.backtest"):
         result = backtest(served, later)
@@ -133,7 +119,7 @@ def test_events_at_or_before_the_cutoff_are_scored_and_counted(checkerboard_bund
 
 def test_a_repeat_of_a_seen_item_is_a_miss(checkerboard_bundle, checkerboard_split):
     split = checkerboard_split
-    later = later_log(split, split.train.groupby("u").head(1))
+    later = split_rows_as_log(split, split.train.groupby("u").head(1))
 
     result = backtest(load_bundle(checkerboard_bundle), later)
 
@@ -160,7 +146,7 @@ def test_request_context_is_evaluations(checkerboard):
     frame = checkerboard.interactions.assign(order_dow=rng.integers(0, 7, len(checkerboard.interactions)))
     frame.loc[(frame["user_id"] == "u0") & (frame["timestamp"] == frame["timestamp"].max()), "order_dow"] = np.nan
     split = temporal_split(Dataset("ctx", frame, checkerboard.items, context_columns=("order_dow",)))
-    events = map_events(later_log(split, split.test), split.users, split.items, ("order_dow",))
+    events = map_events(split_rows_as_log(split, split.test), split.users, split.items, ("order_dow",))
     pipeline = RecordingPipeline(split.n_items)
     history = split.user_history("test")
 
@@ -181,7 +167,7 @@ def test_request_context_is_evaluations(checkerboard):
 def test_a_missing_context_column_warns(checkerboard_split, caplog):
     split = checkerboard_split
     with caplog.at_level(logging.WARNING, logger="recsys.evaluate.backtest"):
-        events = map_events(later_log(split, split.test), split.users, split.items, ("order_dow",))
+        events = map_events(split_rows_as_log(split, split.test), split.users, split.items, ("order_dow",))
     assert events.context == {} and "order_dow" in caplog.text
 
 
@@ -239,7 +225,7 @@ def test_held_out_rows_reproduce_evaluate_with_a_ranker(tiny, tiny_split, kind, 
     served = load_bundle(measured)
     assert served.recommender().pipeline.has_ranker
     events = tmp_path / "later.parquet"
-    later_log(tiny_split, tiny_split.test).to_parquet(events, index=False)
+    split_rows_as_log(tiny_split, tiny_split.test).to_parquet(events, index=False)
     evaluated, backtested = tmp_path / "evaluate.json", tmp_path / "backtest.json"
 
     assert main([*tiny.data_args(), "--model", str(measured), "--json", str(evaluated)]) == 0
@@ -255,14 +241,4 @@ def test_held_out_rows_reproduce_evaluate_with_a_ranker(tiny, tiny_split, kind, 
 
 @pytest.mark.parametrize("kind", ["teacher", "compressed"])
 def test_later_steps_fold_in_earlier_events_with_a_ranker(tiny, tiny_split, kind):
-    split = tiny_split
-    measured = tiny.bundles / "holdout" / kind
-    model = load_model(str(measured), split)
-    served = load_bundle(measured)
-    forget_valid(served, split)
-
-    result = backtest(served, later_log(split, pd.concat([split.valid, split.test])))
-
-    n = len(split.valid)
-    np.testing.assert_array_equal(result.topk[:n], recommend_for_stage(model, split, "valid"))
-    np.testing.assert_array_equal(result.topk[n:], recommend_for_stage(model, split, "test"))
+    assert_later_steps_fold_in_earlier_events(tiny.bundles / "holdout" / kind, tiny_split)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -124,9 +125,10 @@ def write_bundle(staging: Path, towers: TwoTower, dataset: Dataset, split: Split
     index, runtime["index"] = build_tuned_index(content.dense_item_vectors(), factory, queries, spec.target_recall)
     save_index(index, BundleFiles(staging).index_dir, {"factory": factory, **runtime["index"]})
     runtime["params"] = count_params(towers) + (count_params(ranker) if ranker is not None else 0)
-    runtime["data"] = data_record(split.history_frame("test"), HOLDOUT)
+    known = split.history_frame("test")
+    runtime["data"] = data_record(known, HOLDOUT)
     runtime["real_time"] = has_global_time(split)  # unix seconds, not a per-user pseudo-time
-    content.last_time = last_times(split.history_frame("test"), split.n_users)
+    content.last_time = last_times(known, split.n_users)
     content.user_vectors = stored_user_vectors(BundleFiles(staging), history, towers.cfg.history_len)
     content.runtime = runtime
     save_content(content, staging)
@@ -191,26 +193,57 @@ def _query_vectors(staging: Path, history: History, towers: TwoTower, users: np.
     return OnnxUserEncoder(BundleFiles(staging).user_tower)(feed["users1"], feed["history1"])
 
 
-def publish_whole_log(measured: Path, bundles_root: Path, *, kind: str, dataset: Dataset, split: Split,
-                      item_tokens: TokenTable, config: dict, metrics: dict) -> Path:
+@dataclass
+class WholeLog:
+    """What a bundle published for serving knows: every interaction of the log. Built once and
+    shared by the teacher and compressed bundles (the arrays do not depend on the model)."""
+
+    split: Split  # `Split.whole()`: every row as train
+    item_tokens: TokenTable
+    _tables: dict[bool, FeatureTables] = field(default_factory=dict)  # by time_features
+
+    @classmethod
+    def of(cls, split: Split, item_tokens: TokenTable) -> WholeLog:
+        return cls(split.whole(), item_tokens)
+
+    @cached_property
+    def history(self) -> History:
+        return self.split.user_history("valid", max_len=MAX_RECENT)
+
+    @cached_property
+    def last_time(self) -> np.ndarray:
+        return last_times(self.split.train, self.split.n_users)
+
+    @cached_property
+    def popularity(self) -> np.ndarray:
+        return np.bincount(self.split.train["i"], minlength=self.split.n_items).astype(np.float32)
+
+    def feature_tables(self, time_features: bool) -> FeatureTables:
+        if time_features not in self._tables:
+            self._tables[time_features] = build_feature_tables(self.split, self.item_tokens,
+                                                               time_features=time_features)
+        return self._tables[time_features]
+
+
+def publish_whole_log(measured: Path, bundles_root: Path, *, kind: str, dataset: Dataset, whole: WholeLog,
+                      config: dict, metrics: dict) -> Path:
     """The measured bundle's models and index, filled with every interaction of the log.
 
     A bundle published for serving must know each user's latest interaction: it is the best
     clue to the next one, and a seen item must never be recommended back. Seen sets, recent
     items, popularity and the ranker's feature tables are rebuilt from the whole log; the
     models, the index and their quantisation stay those the card measured."""
-    whole = split.whole()
 
     def fill(content: BundleContent, files: BundleFiles) -> None:
-        content.history = whole.user_history("valid", max_len=MAX_RECENT)
+        content.history = whole.history
         content.user_vectors = stored_user_vectors(files, content.history, content.runtime["history_len"])
-        content.last_time = last_times(whole.train, split.n_users)
-        content.popularity = np.bincount(whole.train["i"], minlength=split.n_items).astype(np.float32)
+        content.last_time = whole.last_time
+        content.popularity = whole.popularity
         if content.ranking_arrays:
             measured_tables = FeatureTables.from_arrays(content.ranking_arrays)
-            tables = build_feature_tables(whole, item_tokens, time_features=measured_tables.has_time)
+            tables = whole.feature_tables(measured_tables.has_time)
             content.ranking_arrays = replace(tables, disabled=measured_tables.disabled).to_arrays()
-        content.runtime["data"] = data_record(whole.train, holdout=None)
+        content.runtime["data"] = data_record(whole.split.train, holdout=None)
 
     staging = new_staging_dir(bundles_root)
     restage(measured, staging, fill)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from compression.bundle_writer import BundleSpec, publish_bundle, publish_whole_log
+from compression.bundle_writer import BundleSpec, WholeLog, publish_bundle, publish_whole_log
 from compression.distill import RankerDistillConfig, TowerDistillConfig
 from compression.report import write_card
 from compression.students import StudentConfig, sample_requests, teacher_student, train_student
@@ -166,12 +166,13 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
                          f"{card['gate']['teacher_ndcg']:.4f}; nothing was published (card: {out / 'card.md'})")
     if cfg.publish:
         by_name = {row["name"]: row for row in rows}
+        whole = WholeLog.of(split, trained.item_tokens)
         for name, root, kind in (("teacher-fp32", "teacher", "teacher"), (published, "compressed", "compressed")):
             variant_config, metrics = {**config, "variant": name}, _metrics(by_name[name])
             measured = publish_bundle(dirs[name], out / HOLDOUT_DIR / root, kind=kind, dataset=dataset,
                                       config=variant_config, metrics=metrics)
-            served = publish_whole_log(measured, out / root, kind=kind, dataset=dataset, split=split,
-                                       item_tokens=trained.item_tokens, config=variant_config, metrics=metrics)
+            served = publish_whole_log(measured, out / root, kind=kind, dataset=dataset, whole=whole,
+                                       config=variant_config, metrics=metrics)
             card.setdefault("published", {})[name] = str(served)
             card.setdefault("measured", {})[name] = str(measured)
             log.info("published %s bundle %s (measured as %s)", name, served, measured)

@@ -221,11 +221,10 @@ def backtest(served: ServingModel, later: pd.DataFrame, stage: str = "full", sou
     content = served.content
     columns = pipeline.feature_tables.context_columns if pipeline.has_ranker else ()
     events = map_events(later, content.users, content.items, tuple(columns), source)
-    last_time = getattr(content, "last_time", None)
-    if last_time is None:
+    if len(content.last_time) and (content.last_time < 0).all():  # a bundle from before they were stored
         log.warning("bundle %s stores no last interaction times; requests get last_timestamp -1", served.version)
     n_candidates = int(served.runtime.get("n_candidates", 200))
-    topk, fallback, repeat = replay(pipeline, content.history, events, last_time, n_candidates)
+    topk, fallback, repeat = replay(pipeline, content.history, events, content.last_time, n_candidates)
     cutoff = (served.runtime.get("data") or {}).get("cutoff")
     counts = event_counts(events, pipeline.n_items, cutoff, repeat, fallback)
     _log_counts(counts, source)

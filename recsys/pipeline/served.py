@@ -148,8 +148,6 @@ class ServingModel:
         self.titles = self._title_array(content)
         self._rows = BoundedCache(USER_CACHE)  # key -1: the unknown user's empty rows
         self._recent_width = max(content.history.recent.shape[1], self.pipeline.history_len)
-        if content.last_time is None:
-            content.last_time = np.full(len(content.users), -1, np.int64)
         self._loaded_at = time.monotonic()
 
     def cache_known_users(self) -> None:

@@ -1,10 +1,16 @@
 """`python -m compression --model DIR --dataset NAME --out OUT`: distil, quantise, measure, gate, publish.
 
 Writes OUT/holdout/{teacher,compressed}/ (the bundles the card and the gate measured: histories
-without each user's last interaction), OUT/teacher/ and OUT/compressed/ (the same models filled from
-the whole log: what to serve), each a bundle root (versions/ + a `current` pointer), the other
-variants under OUT/variants/, and OUT/card.{json,md,png} (also under reports/compression/NAME/).
-Exit status: 0 published, 1 the quality gate refused (nothing published), 2 bad input.
+without each user's last interactions, those the teacher was trained without), OUT/teacher/ and
+OUT/compressed/ (the same models filled from the whole log: what to serve), each a bundle root
+(versions/ + a `current` pointer), the other variants under OUT/variants/, and
+OUT/card.{json,md,png} (also under reports/compression/NAME/).
+
+The gate is paired (`recsys.evaluate.paired`): it refuses when the 95 % interval of compressed /
+teacher NDCG@10 lies wholly below --threshold. A refusal publishes nothing when OUT/compressed
+already serves a bundle (a retrain); on a first build it publishes the teacher and makes it
+OUT/compressed's current, so `make serve` still has something to serve.
+Exit status: 0 published, 1 the quality gate refused (the last line says what is served), 2 bad input.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--items")
     parser.add_argument("--users")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
-    parser.add_argument("--threshold", type=float, default=0.97, help="gate: compressed NDCG@10 >= this x teacher")
+    parser.add_argument("--threshold", type=float, default=0.97,
+                        help="gate: refuse when compressed / teacher NDCG@10 is shown below this (95 %% interval)")
     parser.add_argument("--student-dim", type=int, default=64)
     parser.add_argument("--tower-epochs", type=int, default=40)
     parser.add_argument("--ranker-epochs", type=int, default=20)
@@ -48,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--latency-requests", type=int, default=300)
     parser.add_argument("--eval-users", type=int, default=None, help="sample test users on very large data")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--control-noise", type=float, default=0.0,
+                        help="also measure compressed-damaged, the student with this much noise on its ranker "
+                             "weights (x each layer's std), to show the gate refusing it; never published")
     parser.add_argument("--no-publish", action="store_true", help="measure only")
     parser.add_argument("--sequential", action="store_true",
                         help="train the two students one after the other (default: in parallel with 2+ cores)")
@@ -57,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--ranker-distill-weight must be >= 0 and --ranker-distill-temperature > 0")
     if not 0 < args.threshold <= 1.5:
         parser.error(f"--threshold must be in (0, 1.5], got {args.threshold}")
+    if args.control_noise < 0:
+        parser.error(f"--control-noise must be >= 0, got {args.control_noise}")
     return args
 
 
@@ -67,7 +79,7 @@ def config_from(args: argparse.Namespace) -> CompressConfig:
     ranker_distill = None if args.ranker_distill_weight == 0 else RankerDistillConfig(
         args.ranker_distill_weight, args.ranker_distill_temperature)
     return CompressConfig(student=student, distill=TowerDistillConfig(), ranker_distill=ranker_distill,
-                          threshold=args.threshold,
+                          threshold=args.threshold, control_noise=args.control_noise,
                           latency_requests=args.latency_requests, eval_users=args.eval_users,
                           publish=not args.no_publish, parallel_students=not args.sequential,
                           reports_dir=Path(args.reports_dir) if args.reports_dir else None)

@@ -48,11 +48,15 @@ class BundleSpec:
     extra: dict = field(default_factory=dict)
 
 
-HOLDOUT = "each user's last interaction (the protocol's test rows)"
+def holdout_label(split: Split) -> str:
+    """What a measured bundle leaves out of what it knows (``runtime["data"]["holdout"]``)."""
+    k = split.held_out_events
+    return ("each user's last interaction (the protocol's test rows)" if k == 1
+            else f"each user's last {k} interactions (the gate's events)")
 
 
 def serving_history(split: Split) -> History:
-    """What a measured bundle knows: train + valid (test stays held out to measure it), as wide
+    """What a measured bundle knows: train + valid (test and later stay held out to measure it), as wide
     as its widest reader (the ranker features read MAX_RECENT items; the tower its last L)."""
     return split.user_history("test", max_len=MAX_RECENT)
 
@@ -126,7 +130,7 @@ def write_bundle(staging: Path, towers: TwoTower, dataset: Dataset, split: Split
     save_index(index, BundleFiles(staging).index_dir, {"factory": factory, **runtime["index"]})
     runtime["params"] = count_params(towers) + (count_params(ranker) if ranker is not None else 0)
     known = split.history_frame("test")
-    runtime["data"] = data_record(known, HOLDOUT)
+    runtime["data"] = data_record(known, holdout_label(split))
     runtime["real_time"] = has_global_time(split)  # unix seconds, not a per-user pseudo-time
     content.last_time = last_times(known, split.n_users)
     content.user_vectors = stored_user_vectors(BundleFiles(staging), history, towers.cfg.history_len)

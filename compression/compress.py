@@ -17,10 +17,18 @@ from compression.bundle_writer import BundleSpec, WholeLog, publish_bundle, publ
 from compression.distill import RankerDistillConfig, TowerDistillConfig
 from compression.report import write_card
 from compression.students import StudentConfig, sample_requests, teacher_student, train_student
-from compression.techniques import gate_bar, low_rank, pick_published, pruned
-from compression.variants import Variant, build_variant, evaluation_sample, measure_variant, request_latencies
-from recsys.bundle.publish import new_staging_dir
+from compression.techniques import damaged, low_rank, pick_published, pruned
+from compression.variants import (
+    GateEvents,
+    Variant,
+    build_variant,
+    evaluation_sample,
+    measure_variant,
+    request_latencies,
+)
+from recsys.bundle.publish import current_version, new_staging_dir
 from recsys.data.datasets import Dataset
+from recsys.evaluate.paired import RULE, PairedDecision, UserScores
 from recsys.pipeline.contract import ModelSpecError
 from recsys.pipeline.feature_tables import FeatureTables
 from recsys.split import Split
@@ -35,7 +43,8 @@ HOLDOUT_DIR = "holdout"
 
 
 class GateFailed(RuntimeError):
-    """The compressed pipeline lost more quality than the gate allows; nothing was published."""
+    """The compressed pipeline was shown worse than the gate allows: nothing new is served, or, on
+    a first build with nothing served yet, the teacher is (the message says which)."""
 
 
 @dataclass
@@ -44,6 +53,9 @@ class CompressConfig:
     distill: TowerDistillConfig = field(default_factory=TowerDistillConfig)
     ranker_distill: RankerDistillConfig | None = field(default_factory=RankerDistillConfig)
     threshold: float = 0.97
+    # > 0: also measure "compressed-damaged", the distilled student with this much noise on its
+    # ranker's weights (`damaged`): a control the gate should refuse; never published.
+    control_noise: float = 0.0
     latency_requests: int = 300
     techniques: bool = True  # also measure pruning and low-rank variants (fp16 is always measured)
     parallel_students: bool = True  # train the undistilled student in a second process
@@ -66,8 +78,11 @@ def index_factories(n_items: int, dim: int) -> tuple[str, str]:
     return "IVF{auto},SQ8", f"IVF{{auto}},{pq}np"
 
 
-# Variants that may replace "compressed" in the published bundle, when they beat it (techniques.py).
-TECHNIQUES = ("compressed-pruned", "compressed-lowrank")
+# Variants that may replace "compressed" in the published bundle, when they are cheaper and not
+# shown worse (techniques.py).
+TECHNIQUES = ("compressed-pq", "compressed-pruned", "compressed-lowrank")
+CONTROL = "compressed-damaged"
+TEACHER = "teacher-fp32"
 
 
 def plan_variants(teacher, nokd, kd, n_items: int, cfg: CompressConfig) -> list[Variant]:
@@ -82,6 +97,9 @@ def plan_variants(teacher, nokd, kd, n_items: int, cfg: CompressConfig) -> list[
         Variant("compressed", kd, BundleSpec("compressed", sq8, int8=True, target_recall=recall)),
         Variant("compressed-pq", kd, BundleSpec("compressed", pq, int8=True, target_recall=recall)),
     ]
+    if cfg.control_noise > 0:
+        variants.append(Variant(CONTROL, damaged(kd, cfg.control_noise, cfg.student.seed),
+                                BundleSpec("compressed", sq8, int8=True, target_recall=recall)))
     if not cfg.techniques:
         return variants
     if kd.ranker is not None:
@@ -104,16 +122,27 @@ def variant_dir(out: Path, name: str) -> Path:
     return directory
 
 
-def gate(rows: list[dict], threshold: float, published: str = "compressed") -> dict:
+def gate(rows: list[dict], decide, threshold: float, published: str = "compressed") -> dict:
+    """The gate's record: the published variant against the teacher, paired (`PairedDecision`)."""
     by_name = {row["name"]: row for row in rows}
-    teacher, compressed = by_name["teacher-fp32"]["NDCG@10"], by_name[published]["NDCG@10"]
-    return {"threshold": threshold, "teacher_ndcg": teacher, "compressed_ndcg": compressed, "variant": published,
-            "passed": bool(compressed >= gate_bar(by_name, threshold))}
+    evidence = decide(published, TEACHER)
+    return {"threshold": threshold, "variant": published, "teacher_ndcg": by_name[TEACHER]["NDCG@10"],
+            "compressed_ndcg": by_name[published]["NDCG@10"], **evidence.to_dict(),
+            "passed": not evidence.shown_worse, "rule": RULE, "decision": evidence.describe(published, "teacher")}
+
+
+def controls(rows: list[dict], decide) -> dict:
+    """The gate's decision on the damaged control, when it was measured."""
+    if CONTROL not in {row["name"] for row in rows}:
+        return {}
+    evidence = decide(CONTROL, TEACHER)
+    return {CONTROL: {**evidence.to_dict(), "refused": evidence.shown_worse,
+                      "decision": evidence.describe(CONTROL, "teacher")}}
 
 
 def ratios(rows: list[dict], published: str = "compressed") -> dict:
     by_name = {row["name"]: row for row in rows}
-    teacher, compressed = by_name["teacher-fp32"], by_name[published]
+    teacher, compressed = by_name[TEACHER], by_name[published]
     return {"bytes": compressed["bytes"] / teacher["bytes"],
             "latency_p50": compressed["latency_p50_ms"] / teacher["latency_p50_ms"],
             "latency_p99": compressed["latency_p99_ms"] / teacher["latency_p99_ms"],
@@ -123,62 +152,108 @@ def ratios(rows: list[dict], published: str = "compressed") -> dict:
 
 
 def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: CompressConfig) -> dict:
-    """Run every step; raises GateFailed (after writing the card) when the gate refuses."""
+    """Run every step; raises GateFailed (after writing the card) when the gate refuses.
+
+    ``split`` is the dataset's split; the models are measured on the events the teacher was
+    trained without (`Split.holding_out` with its ``held_out``)."""
     trained = load_trained(model_dir)
     check_same_data(trained, split.users, split.items, model_dir)
+    split = split.holding_out(int(trained.config.get("held_out", 1)))
     tables = FeatureTables.load(model_dir / RANKING_FEATURES) if (model_dir / RANKING_FEATURES).exists() else None
     cfg = replace(cfg, student=replace(cfg.student,
                                        disabled_features=resolve_disabled(cfg.student.disabled_features, tables)))
     seed = cfg.student.seed
     requests = sample_requests(split, cfg.latency_requests, seed)
-    eval_split = evaluation_sample(split, cfg.eval_users, seed)
+    gate_events = GateEvents.of(evaluation_sample(split, cfg.eval_users, seed), seed)
     teacher = teacher_student(trained, tables)
     nokd, kd = train_students(trained, split, tables, cfg)
     config = {"dataset": dataset.name, "model_dir": str(model_dir), "compress": cfg.to_dict()}
-    rows, dirs, models = [], {}, {}
+    rows, dirs, models, scores = [], {}, {}, {}
     for variant in tqdm(plan_variants(teacher, nokd, kd, split.n_items, cfg), desc="variants", unit="variant"):
         dirs[variant.name] = variant_dir(out, variant.name)
         runtime = build_variant(variant, dirs[variant.name], dataset, split, requests, config)
-        models[variant.name], row = measure_variant(variant.name, dirs[variant.name], eval_split)
+        models[variant.name], row, scores[variant.name] = measure_variant(variant.name, dirs[variant.name],
+                                                                          gate_events)
         rows.append({**row, "notes": _notes(runtime)})
     latencies = request_latencies(models, split.users.to_external(requests))
     rows = [{**row, **latencies[row["name"]]} for row in rows]
     del models
-    published, kept = pick_published(rows, TECHNIQUES, cfg.threshold)
+    decide = _paired(scores, gate_events, cfg.threshold)
+    published, kept = pick_published(rows, TECHNIQUES, decide, gate_reference=TEACHER)
     card = {"dataset": dataset.name, "fingerprint": dataset.fingerprint(), "variants": rows,
-            "gate": gate(rows, cfg.threshold, published), "ratios": ratios(rows, published),
-            "published_variant": published, "techniques": kept, "config": config,
-            "students": {"nokd": nokd.summary, "kd": kd.summary},
-            "notes": [f"quality on {eval_split.test.shape[0]} test users; latency over {len(requests)} "
-                      "single requests (user tower + ANN + features + ranker), same run, the variants taking "
-                      "turns in blocks of 20 requests",
+            "gate": gate(rows, decide, cfg.threshold, published), "controls": controls(rows, decide),
+            "ratios": ratios(rows, published), "published_variant": published, "techniques": kept,
+            "config": config, "students": {"nokd": nokd.summary, "kd": kd.summary},
+            "scored_on": gate_events.describe(),
+            "notes": [f"NDCG@10 / HR@10: mean over {gate_events.describe()}, through each bundle as the server "
+                      "loads it (`recsys.evaluate --events`); [low, high]: 95 % bootstrap interval over users. "
+                      "The protocol's last-event numbers, for comparison with peers: `python -m recsys.evaluate "
+                      "--model OUT/holdout/compressed`",
+                      f"latency over {len(requests)} single requests (user tower + ANN + features + ranker), same "
+                      "run, the variants taking turns in blocks of 20 requests",
                       "latency_*: cold, the user tower and the features' user side run per request; served_*: "
                       "as the server answers a known user again (tower output computed at load, user side "
                       "cached), the same requests after one warm-up pass",
                       _student_features_note(cfg.student.disabled_features)]}
+    refused = not card["gate"]["passed"]
+    first_build = not current_version(out / "compressed")
+    if refused:
+        card["gate"]["outcome"] = ("refused; first build, so the teacher is published and served instead"
+                                   if cfg.publish and first_build else "refused; nothing was published")
     title = f"Compression report card: {dataset.name}"
     write_card(card, out, title)
     if cfg.reports_dir is not None:
         write_card(card, Path(cfg.reports_dir) / dataset.name, title)
-    if not card["gate"]["passed"]:
+    if refused and not (cfg.publish and first_build):
         _discard(dirs)
-        raise GateFailed(f"compressed NDCG@10 {card['gate']['compressed_ndcg']:.4f} < {cfg.threshold:.2f} x teacher "
-                         f"{card['gate']['teacher_ndcg']:.4f}; nothing was published (card: {out / 'card.md'})")
+        raise GateFailed(f"{card['gate']['decision']}: refused, nothing was published (card: {out / 'card.md'})")
     if cfg.publish:
-        by_name = {row["name"]: row for row in rows}
-        whole = WholeLog.of(split, trained.item_tokens)
-        for name, root, kind in (("teacher-fp32", "teacher", "teacher"), (published, "compressed", "compressed")):
-            variant_config, metrics = {**config, "variant": name}, _metrics(by_name[name])
-            measured = publish_bundle(dirs[name], out / HOLDOUT_DIR / root, kind=kind, dataset=dataset,
-                                      config=variant_config, metrics=metrics)
-            served = publish_whole_log(measured, out / root, kind=kind, dataset=dataset, whole=whole,
-                                       config=variant_config, metrics=metrics)
-            card.setdefault("published", {})[name] = str(served)
-            card.setdefault("measured", {})[name] = str(measured)
-            log.info("published %s bundle %s (measured as %s)", name, served, measured)
-        if published != "compressed":
+        publishing = [(TEACHER, "teacher")] if refused else [(TEACHER, "teacher"), (published, "compressed")]
+        card["measured"], card["published"] = _publish(publishing, dirs, out, dataset, rows, config,
+                                                       WholeLog.of(split, trained.item_tokens),
+                                                       serve_teacher=refused)
+        if published != "compressed" or refused:
             shutil.rmtree(dirs["compressed"], ignore_errors=True)
+    if refused:
+        raise GateFailed(f"{card['gate']['decision']}: refused; nothing was served yet, so the teacher bundle "
+                         f"{card['published'][TEACHER]} is published and served instead (card: {out / 'card.md'})")
     return card
+
+
+def _paired(scores: dict[str, dict[str, UserScores]], gate_events: GateEvents, threshold: float):
+    """decide(candidate, reference): paired NDCG@10 evidence over the gate's events (memoised)."""
+    cache: dict[tuple[str, str], PairedDecision] = {}
+
+    def decide(candidate: str, reference: str) -> PairedDecision:
+        if (candidate, reference) not in cache:
+            cache[candidate, reference] = PairedDecision.of(scores[candidate]["NDCG@10"],
+                                                            scores[reference]["NDCG@10"], threshold,
+                                                            gate_events.resampler)
+        return cache[candidate, reference]
+
+    return decide
+
+
+def _publish(publishing: list[tuple[str, str]], dirs: dict[str, Path], out: Path, dataset: Dataset,
+             rows: list[dict], config: dict, whole: WholeLog, serve_teacher: bool) -> tuple[dict, dict]:
+    """Each (variant, root): its measured bundle into OUT/holdout/ROOT, the whole-log one into
+    OUT/ROOT. ``serve_teacher``: the teacher's whole-log bundle also becomes OUT/compressed's
+    current, the root `make serve` serves (a first build the gate refused)."""
+    by_name = {row["name"]: row for row in rows}
+    measured_paths, published_paths = {}, {}
+    for name, root in publishing:
+        kind = "teacher" if name == TEACHER else "compressed"
+        variant_config, metrics = {**config, "variant": name}, _metrics(by_name[name])
+        measured = publish_bundle(dirs[name], out / HOLDOUT_DIR / root, kind=kind, dataset=dataset,
+                                  config=variant_config, metrics=metrics)
+        roots = [root, "compressed"] if serve_teacher and name == TEACHER else [root]
+        for served_root in roots:
+            served = publish_whole_log(measured, out / served_root, kind=kind, dataset=dataset, whole=whole,
+                                       config=variant_config, metrics=metrics)
+            published_paths.setdefault(name, str(served))
+            log.info("published %s bundle %s into %s (measured as %s)", name, served, out / served_root, measured)
+        measured_paths[name] = str(measured)
+    return measured_paths, published_paths
 
 
 AUTO = "auto"
@@ -223,8 +298,8 @@ def _train_pickled_student(payload: bytes) -> bytes:
 
 
 def _metrics(row: dict) -> dict:
-    keys = ("HR@10", "NDCG@10", "latency_p50_ms", "latency_p99_ms", "served_p50_ms", "served_p99_ms", "bytes",
-            "params")
+    keys = ("HR@10", "NDCG@10", "HR@10_ci", "NDCG@10_ci", "events", "latency_p50_ms", "latency_p99_ms",
+            "served_p50_ms", "served_p99_ms", "bytes", "params")
     return {key: row[key] for key in keys}
 
 

@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 CARD_COLUMNS = ("name", "params", "bytes", "latency_p50_ms", "latency_p99_ms", "served_p50_ms", "served_p99_ms",
                 "HR@10", "NDCG@10")
+WITH_INTERVALS = ("HR@10", "NDCG@10")  # shown as "mean [low, high]" when the row has "<metric>_ci"
 
 
 def format_cell(value) -> str:
@@ -25,16 +26,37 @@ def format_cell(value) -> str:
     return "" if value is None else str(value)
 
 
+def row_cell(row: dict, column: str) -> str:
+    interval = row.get(f"{column}_ci") if column in WITH_INTERVALS else None
+    if interval:
+        return f"{row[column]:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]"
+    return format_cell(row.get(column))
+
+
+def gate_lines(card: dict) -> list[str]:
+    gate = card["gate"]
+    verdict = "PASSED" if gate["passed"] else "REFUSED"
+    if "decision" not in gate:  # a card from before paired decisions
+        return [f"Quality gate: NDCG@10 {gate['compressed_ndcg']:.4f} vs teacher {gate['teacher_ndcg']:.4f} "
+                f"(threshold {gate['threshold']:.2f} x teacher) -> **{verdict}**"]
+    lines = [f"Quality gate: {gate['decision']} -> **{verdict}**" +
+             (f" ({gate['outcome']})" if gate.get("outcome") else ""), "", f"Rule: {gate['rule']}."]
+    for name, control in (card.get("controls") or {}).items():
+        lines.append(f"Control `{name}` (never published): {control['decision']} -> "
+                     f"{'refused' if control['refused'] else 'NOT refused'}.")
+    return lines
+
+
 def card_markdown(card: dict, title: str) -> str:
     columns = [*CARD_COLUMNS, "notes"]
-    lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = [f"# {title}", ""]
+    if card.get("scored_on"):
+        lines += [f"Quality (NDCG@10, HR@10 with 95 % intervals) on {card['scored_on']}.", ""]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in card["variants"]:
-        lines.append("| " + " | ".join(format_cell(row.get(c)) for c in columns) + " |")
-    gate = card["gate"]
-    verdict = "PASSED" if gate["passed"] else "FAILED"
+        lines.append("| " + " | ".join(row_cell(row, c) for c in columns) + " |")
     published = card.get("published_variant", "compressed")
-    lines += ["", f"Quality gate: {published} NDCG@10 {gate['compressed_ndcg']:.4f} vs teacher "
-              f"{gate['teacher_ndcg']:.4f} (threshold {gate['threshold']:.2f} x teacher) -> **{verdict}**"]
+    lines += ["", *gate_lines(card)]
     if card.get("techniques"):
         lines += ["", f"Served as the compressed bundle: `{published}`. Techniques against plain `compressed`:",
                   *[f"- `{name}`: {why}" for name, why in card["techniques"].items()]]
@@ -47,19 +69,25 @@ def card_markdown(card: dict, title: str) -> str:
 
 
 def pareto_png(card: dict, path: Path, title: str) -> None:
-    """Quality vs latency; marker area proportional to served bytes."""
+    """Quality (with its 95 % interval) vs latency; marker area proportional to served bytes.
+    Variants are named in a legend beside the plot, so no two labels can overlap."""
     rows = [r for r in card["variants"] if r.get("latency_p50_ms") is not None and r.get("NDCG@10") is not None]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     biggest = max((r["bytes"] for r in rows), default=1)
-    for row in rows:
-        size = 40 + 900 * row["bytes"] / biggest
-        ax.scatter(row["latency_p50_ms"], row["NDCG@10"], s=size, alpha=0.6)
-        ax.annotate(f"{row['name']}\n{row['bytes'] / 1e6:.1f} MB", (row["latency_p50_ms"], row["NDCG@10"]),
-                    fontsize=7, xytext=(5, 5), textcoords="offset points")
+    colors = plt.get_cmap("tab10")
+    for i, row in enumerate(rows):
+        color = colors(i % 10)
+        x, y = row["latency_p50_ms"], row["NDCG@10"]
+        if row.get("NDCG@10_ci"):
+            low, high = row["NDCG@10_ci"]
+            ax.errorbar(x, y, yerr=[[y - low], [high - y]], color=color, capsize=4, lw=1.2, zorder=1)
+        ax.scatter(x, y, s=40 + 600 * row["bytes"] / biggest, alpha=0.55, color=color, zorder=2,
+                   label=f"{row['name']} ({row['bytes'] / 1e6:.1f} MB)")
     ax.set_xlabel("single-request latency p50 (ms): user tower + ANN + ranker")
-    ax.set_ylabel("NDCG@10 (protocol, test)")
+    ax.set_ylabel(f"NDCG@10 ({'gate events' if card.get('scored_on') else 'protocol, test'}), 95 % interval")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, markerscale=0.5, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

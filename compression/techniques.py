@@ -8,13 +8,14 @@
 - fp16: the exported ONNX models stored in float16 (inputs and outputs stay float32).
 
 Each builds a variant of the distilled student; `pick_published` keeps one for the served
-bundle only when it beats the plain compressed variant.
+bundle only when it is cheaper than the plain compressed variant and not shown worse (paired).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,13 +24,14 @@ import torch
 from torch import nn
 
 from compression.students import Student
+from recsys.evaluate.paired import PairedDecision
 
 log = logging.getLogger(__name__)
 
 PRUNE_SPARSITY = 0.5
 SVD_ENERGY = 0.9
-# A technique must keep this share of the plain compressed variant's NDCG@10 to replace it.
-KEEP_QUALITY = 0.995
+# A technique replaces plain compressed only when this much smaller or faster (`pick_published`).
+CHEAPER = 0.10
 
 
 def pruned(student: Student, sparsity: float = PRUNE_SPARSITY) -> Student:
@@ -98,60 +100,93 @@ def to_fp16(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def pick_published(rows: list[dict], candidates: tuple[str, ...],
-                   threshold: float | None = None) -> tuple[str, dict[str, str]]:
-    """The variant to publish as ``compressed``: a technique replaces the plain one only when it
-    keeps ``KEEP_QUALITY`` of its NDCG@10 and is no larger and no slower (p50). Returns the name
-    and, per candidate, why it was or was not kept.
+# decide(candidate, reference) -> the paired evidence on candidate / reference (`PairedDecision`).
+Decide = Callable[[str, str], PairedDecision]
 
-    With the gate's ``threshold``: when that pick falls short of ``threshold`` x the teacher's
-    NDCG@10 but a candidate reaches it, the best-scoring such candidate is published instead
+
+def pick_published(rows: list[dict], candidates: tuple[str, ...], decide: Decide,
+                   gate_reference: str | None = None) -> tuple[str, dict[str, str]]:
+    """The variant to publish as ``compressed``, and, per candidate technique, why it was or was not kept.
+
+    A technique replaces the plain ``compressed`` variant when it is not *shown* worse than it
+    (`PairedDecision`, the gate's rule) and earns its place: at least ``CHEAPER`` smaller or
+    faster (p50), and not more than that larger or slower (a few per cent of either is noise on
+    this machine); among several such, the smallest (then the fastest) wins: their quality is
+    equal on this evidence.
+
+    With ``gate_reference`` (the teacher): when that pick is shown worse than the reference but
+    plain ``compressed`` or another candidate is not, the cheapest of those is published instead
     (a retrain should not publish nothing while a compressed variant passes)."""
     by_name = {row["name"]: row for row in rows}
-    base = by_name["compressed"]
     reasons, winners = {}, []
     for name in (name for name in candidates if name in by_name):
-        losses = _losses(by_name[name], base)
+        losses = _losses(by_name[name], by_name["compressed"], decide(name, "compressed"))
         if losses:
             reasons[name] = "not kept: " + "; ".join(losses)
         else:
             winners.append(name)
-    chosen = max(winners, key=lambda name: by_name[name]["NDCG@10"], default="compressed")
+    chosen = min(winners, key=lambda name: _cost(by_name[name]), default="compressed")
     for name in winners:
-        reasons[name] = ("kept: as good, no larger, no slower" if name == chosen
-                         else f"not kept: beats plain compressed, but {chosen} scores a higher NDCG@10")
-    if threshold is not None:
-        chosen = _rescue_from_gate(by_name, candidates, threshold, chosen, reasons)
+        reasons[name] = (f"kept: not shown worse, {CHEAPER:.0%} cheaper" if name == chosen
+                         else f"not kept: as good as plain compressed, but {chosen} is cheaper")
+    if gate_reference is not None:
+        chosen = _rescue_from_gate(by_name, candidates, decide, gate_reference, chosen, reasons)
     log.info("published as compressed: %s (%s)", chosen, reasons)
     return chosen, reasons
 
 
-def gate_bar(by_name: dict[str, dict], threshold: float) -> float:
-    """The NDCG@10 the published compressed variant must reach: ``threshold`` x the teacher's."""
-    return threshold * by_name["teacher-fp32"]["NDCG@10"]
+def _cost(row: dict) -> tuple[int, float]:
+    return row["bytes"], row["latency_p50_ms"]
 
 
-def _rescue_from_gate(by_name: dict[str, dict], candidates: tuple[str, ...], threshold: float, chosen: str,
-                      reasons: dict[str, str]) -> str:
-    bar = gate_bar(by_name, threshold)
-    if by_name[chosen]["NDCG@10"] >= bar:
+def _rescue_from_gate(by_name: dict[str, dict], candidates: tuple[str, ...], decide: Decide, reference: str,
+                      chosen: str, reasons: dict[str, str]) -> str:
+    if not decide(chosen, reference).shown_worse:
         return chosen
-    passing = [name for name in candidates if name in by_name and by_name[name]["NDCG@10"] >= bar]
+    passing = [name for name in ("compressed", *candidates)
+               if name in by_name and not decide(name, reference).shown_worse]
     if not passing:
         return chosen
-    rescue = max(passing, key=lambda name: by_name[name]["NDCG@10"])
-    reasons[rescue] = (f"kept: {chosen} misses the gate (NDCG@10 {by_name[chosen]['NDCG@10']:.4f} < {bar:.4f}), "
-                       f"this one passes it ({by_name[rescue]['NDCG@10']:.4f})")
+    rescue = min(passing, key=lambda name: _cost(by_name[name]))
+    reasons[rescue] = (f"kept: {chosen} misses the gate ({decide(chosen, reference).describe(chosen, reference)}), "
+                       f"this one passes it ({decide(rescue, reference).describe(rescue, reference)})")
     return rescue
 
 
-def _losses(row: dict, base: dict) -> list[str]:
+def damaged(student: Student, noise: float, seed: int = 0) -> Student:
+    """A control for the gate: the student with Gaussian noise of ``noise`` x each linear layer's
+    weight std added to its ranker (or, without one, to its user tower's MLP). Never published."""
+    generator = torch.Generator().manual_seed(seed)
+    towers, ranker = student.towers, student.ranker
+    if ranker is not None:
+        ranker = _perturbed(ranker, noise, generator)
+    else:
+        towers = copy.deepcopy(towers).eval()
+        towers.user_mlp = _perturbed(towers.user_mlp, noise, generator)
+    return replace(student, name=f"{student.name}-damaged", towers=towers, ranker=ranker,
+                   summary={**student.summary, "damaged": {"noise": noise, "seed": seed}})
+
+
+def _perturbed(model: nn.Module, noise: float, generator: torch.Generator) -> nn.Module:
+    model = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                weight = module.weight
+                weight.add_(torch.randn(weight.shape, generator=generator) * noise * weight.std())
+    return model
+
+
+def _losses(row: dict, base: dict, evidence: PairedDecision) -> list[str]:
     """Where ``row`` does worse than the plain compressed variant ``base``."""
     losses = []
-    if row["NDCG@10"] < KEEP_QUALITY * base["NDCG@10"]:
-        losses.append(f"NDCG@10 {row['NDCG@10']:.4f} < {KEEP_QUALITY} x {base['NDCG@10']:.4f}")
-    if row["bytes"] > base["bytes"]:
-        losses.append(f"{row['bytes']:,} bytes > {base['bytes']:,}")
-    if row["latency_p50_ms"] > base["latency_p50_ms"]:
-        losses.append(f"p50 {row['latency_p50_ms']:.3f} ms > {base['latency_p50_ms']:.3f}")
+    if evidence.shown_worse:
+        losses.append("NDCG@10 shown worse: " + evidence.describe(row["name"], base["name"]))
+    size, speed = row["bytes"] / base["bytes"], row["latency_p50_ms"] / base["latency_p50_ms"]
+    if size > 1 + CHEAPER:
+        losses.append(f"{row['bytes']:,} bytes > {1 + CHEAPER:.2f} x {base['bytes']:,}")
+    if speed > 1 + CHEAPER:
+        losses.append(f"p50 {row['latency_p50_ms']:.3f} ms > {1 + CHEAPER:.2f} x {base['latency_p50_ms']:.3f}")
+    if min(size, speed) > 1 - CHEAPER:
+        losses.append(f"not {CHEAPER:.0%} cheaper: {size:.2f} x the bytes, {speed:.2f} x the p50")
     return losses

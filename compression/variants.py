@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from compression.bundle_writer import BundleSpec, write_bundle
 from compression.students import Student
@@ -15,7 +16,9 @@ from recsys.bundle.content import BundleFiles
 from recsys.bundle.load import load_serving_model
 from recsys.bundle.manifest import write_manifest
 from recsys.data.datasets import Dataset
-from recsys.evaluate.scoring import evaluate_model, sample_users
+from recsys.evaluate.backtest import backtest, split_rows_as_log
+from recsys.evaluate.paired import GATE_METRICS, Resampler, UserScores, event_scores
+from recsys.evaluate.scoring import sample_users
 from recsys.pipeline.served import ServingModel
 from recsys.split import Split
 from recsys.train.torch_pipeline import towers_pipeline
@@ -125,20 +128,54 @@ def evaluation_sample(split: Split, max_users: int | None, seed: int) -> Split:
     if max_users is None or split.n_users <= max_users:
         return split
     sampled = sample_users(split, max_users, seed)
-    test = split.test[split.test["u"].isin(sampled.valid["u"])].reset_index(drop=True)
-    return Split(split.users, split.items, split.train, sampled.valid, test, split.context_columns)
+
+    def kept(frame: pd.DataFrame | None) -> pd.DataFrame | None:
+        return None if frame is None else frame[frame["u"].isin(sampled.valid["u"])].reset_index(drop=True)
+
+    return replace(sampled, test=kept(split.test), later=kept(split.later))
 
 
-def measure_variant(name: str, directory: Path, eval_split: Split) -> tuple[ServingModel, dict]:
-    """The variant's bundle loaded as serving loads it (without precomputed users), and its card
-    row without latency (`request_latencies` times all variants together)."""
+@dataclass
+class GateEvents:
+    """What every variant is scored on: each user's held-out interactions (`Split.gate_events`),
+    replayed one step at a time through the bundle as serving loads it (`backtest`), with one
+    fixed set of bootstrap draws over their users so that every comparison is paired."""
+
+    log: pd.DataFrame  # external ids, times and context: a later log
+    users: np.ndarray  # per event, the user's index
+    items: np.ndarray  # per event, the target's index
+    steps: int  # held-out events per user (at most)
+    resampler: Resampler
+
+    @classmethod
+    def of(cls, split: Split, seed: int = 0) -> GateEvents:
+        frame = split.gate_events()
+        users = frame["u"].to_numpy()
+        return cls(split_rows_as_log(split, frame), users, frame["i"].to_numpy(), split.held_out_events,
+                   Resampler.over(len(np.unique(users)), seed=seed))
+
+    def describe(self) -> str:
+        what = "each user's held-out interaction" if self.steps == 1 else (
+            f"each user's last {self.steps} interactions (held out of training), scored one step at a time "
+            "with the earlier ones as history")
+        return f"{len(self.users):,} events of {len(np.unique(self.users)):,} users: {what}"
+
+
+def measure_variant(name: str, directory: Path, gate: GateEvents) -> tuple[ServingModel, dict, dict[str, UserScores]]:
+    """The variant's bundle loaded as serving loads it (without precomputed users), its card row
+    without latency (`request_latencies` times all variants together), and its per-user scores."""
     model = load_serving_model(directory, precompute_users=False)
-    metrics, _ = evaluate_model(model.recommender(), eval_split, "test")
+    result = backtest(model, gate.log, source=f"gate events of {name}")
+    per_event = event_scores(result.topk, gate.items)
+    scores = {metric: UserScores.of(values, gate.users) for metric, values in per_event.items()}
     row = {"name": name, "params": int(model.runtime.get("params", 0)), "bytes": served_bytes(directory),
-           "HR@10": metrics["HR@10"], "NDCG@10": metrics["NDCG@10"], "HR@10_se": metrics["HR@10_se"],
-           "NDCG@10_se": metrics["NDCG@10_se"], "users": metrics["users"],
+           "users": int(len(scores["NDCG@10"].sums)), "events": int(len(gate.users)),
            "index": model.runtime.get("index", {}).get("factory"),
            "recall@100": model.runtime.get("index", {}).get("recall@100"),
            "precision": model.runtime.get("user_tower", {}).get("precision")}
-    log.info("variant %s: NDCG@10 %.4f, %d bytes", name, row["NDCG@10"], row["bytes"])
-    return model, row
+    for metric in GATE_METRICS:
+        row[metric] = scores[metric].mean
+        row[f"{metric}_ci"] = list(gate.resampler.interval(scores[metric]))
+    log.info("variant %s: NDCG@10 %.4f [%.4f, %.4f], %d bytes", name, row["NDCG@10"], *row["NDCG@10_ci"],
+             row["bytes"])
+    return model, row, scores

@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from compression.report import CARD_COLUMNS, format_cell
+from compression.report import CARD_COLUMNS, format_cell, gate_lines, row_cell
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +31,12 @@ def _table(rows: list[dict], columns: tuple[str, ...]) -> list[str]:
 
 def card_section(card_path: Path) -> list[str]:
     card = json.loads(card_path.read_text())
-    gate = card["gate"]
     png = card_path.with_name("card.png")
-    lines = [f"### Compression report card: {card['dataset']}", "", *_table(card["variants"], CARD_COLUMNS), "",
-             f"Gate: compressed NDCG@10 {gate['compressed_ndcg']:.4f} vs teacher {gate['teacher_ndcg']:.4f} "
-             f"(threshold {gate['threshold']:.2f}) - {'passed' if gate['passed'] else 'FAILED'}. Ratios: " +
-             ", ".join(f"{k} {v:.3f}" for k, v in card.get("ratios", {}).items()), ""]
+    scored = [f"Quality on {card['scored_on']}.", ""] if card.get("scored_on") else []
+    rows = ["| " + " | ".join(CARD_COLUMNS) + " |", "|" + "---|" * len(CARD_COLUMNS)]
+    rows += ["| " + " | ".join(row_cell(row, c) for c in CARD_COLUMNS) + " |" for row in card["variants"]]
+    lines = [f"### Compression report card: {card['dataset']}", "", *scored, *rows, "", *gate_lines(card), "",
+             "Ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in card.get("ratios", {}).items()), ""]
     if png.exists():
         lines += [f"![Pareto chart {card['dataset']}]({png.as_posix()})", ""]
     return lines

@@ -51,6 +51,7 @@ from recsys.data.schema import DataError
 from recsys.evaluate.backtest import backtest, load_bundle, split_rows_as_log
 from recsys.pipeline.contract import ModelSpecError
 from recsys.split import Split, temporal_split
+from recsys.train.model_dir import load_config
 
 log = logging.getLogger("ops.retrain")
 
@@ -139,7 +140,7 @@ class Retrain:
             else:
                 model_dir = self.train(files)
                 self.compress(files, model_dir)
-                self.compare(files)
+                self.compare(files, int(load_config(model_dir).get("held_out", 1)))
             self.reload()
             self.record["outcome"] = "ok"
             return 0
@@ -211,10 +212,11 @@ class Retrain:
         log.info("[3/%d] compress: gate passed; %s/current is now %s (was %s)", STEPS, self.compressed_root,
                  published, self.served_before)
 
-    def compare(self, files: LogFiles) -> None:
+    def compare(self, files: LogFiles, held_out: int) -> None:
         """Report (the gate decides): the bundle served before and the candidate's hold-out build,
-        backtested on the same events, the users' latest interactions that came after the served
-        bundle's data cutoff: neither was built from them."""
+        backtested on the same events, the interactions the candidate was trained without (each
+        user's last ``held_out``) that came after the served bundle's data cutoff: neither was
+        built from them."""
         if self.served_before is None:
             return
         before = version_dir(self.compressed_root, self.served_before)
@@ -226,9 +228,9 @@ class Retrain:
                 log.info("[3/%d] backtest: skipped (bundle %s records no data cutoff)", STEPS, self.served_before)
                 return
             dataset = load_dataset(str(files.interactions), self.cfg.data_dir, files.items, files.users)
-            later = newest_events(temporal_split(dataset), cutoff)
+            later = newest_events(temporal_split(dataset, held_out), cutoff)
             if later.empty:
-                log.info("[3/%d] backtest: no user's latest event is after %s's cutoff", STEPS, self.served_before)
+                log.info("[3/%d] backtest: no held-out event is after %s's cutoff", STEPS, self.served_before)
                 return
             scores = {"served_before": backtest(served, later).metrics,
                       "candidate_holdout": backtest(load_bundle(candidate), later).metrics}
@@ -264,8 +266,9 @@ class Retrain:
 
 
 def newest_events(split: Split, cutoff: int) -> pd.DataFrame:
-    """Each user's latest interaction (the split's test rows) that came after ``cutoff``, in external ids."""
-    return split_rows_as_log(split, split.test[split.test["t"] > cutoff])
+    """The split's held-out interactions that came after ``cutoff``, in external ids."""
+    events = split.gate_events()
+    return split_rows_as_log(split, events[events["t"] > cutoff])
 
 
 def read_events(path: Path) -> pd.DataFrame:
@@ -303,8 +306,7 @@ def _gate_line(card_path: Path, fallback: str) -> str:
         gate = json.loads(card_path.read_text())["gate"]
     except (OSError, ValueError, KeyError):
         return fallback
-    return (f"quality gate refused the new model: compressed NDCG@10 {gate['compressed_ndcg']:.4f} < "
-            f"{gate['threshold']:.2f} x teacher {gate['teacher_ndcg']:.4f} (card: {card_path.with_suffix('.md')})")
+    return f"quality gate refused the new model: {gate['decision']} (card: {card_path.with_suffix('.md')})"
 
 
 def new_run_dir(runs: Path) -> Path:

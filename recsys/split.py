@@ -1,8 +1,13 @@
-"""Temporal leave-one-out split, exactly as ../shared/PROTOCOL.md defines it; nothing else."""
+"""Temporal leave-one-out split, exactly as ../shared/PROTOCOL.md defines it, and its gate variant.
+
+`Split.holding_out(k)` keeps each user's last k interactions out of training (PROTOCOL.md, "Noise"):
+the quality gate scores them one step at a time (`gate_events`), so it decides on k times the
+protocol's evidence; the protocol's own numbers (k = 1) stay what `recsys.evaluate` reports.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -15,12 +20,18 @@ from recsys.data.schema import ITEM, TIME, USER, DataError
 
 MIN_INTERACTIONS = 3
 MAX_RECENT = 50
+# Each user's last GATE_EVENTS interactions are held out of training by default for the quality
+# gate (reports/compression/gate_power.md has the power calculation behind the number).
+GATE_EVENTS = 5
 ROW = "row"
 
 
 @dataclass
 class Split:
-    """Index-mapped frames (columns ``u``, ``i``, ``t`` + context) in canonical order."""
+    """Index-mapped frames (columns ``u``, ``i``, ``t`` + context) in canonical order.
+
+    ``test`` holds each user's first held-out interaction; ``later`` the ones after it when more
+    than one is held out (`holding_out`), empty under the protocol."""
 
     users: IdMap
     items: IdMap
@@ -28,6 +39,7 @@ class Split:
     valid: pd.DataFrame
     test: pd.DataFrame
     context_columns: tuple[str, ...] = ()
+    later: pd.DataFrame | None = None
 
     @property
     def n_users(self) -> int:
@@ -46,7 +58,7 @@ class Split:
         """What a model may know about each user when it is scored on ``stage``."""
         if stage == "valid":
             return self.train
-        return pd.concat([self.train, self.valid]).sort_values(["u", "t", ROW], kind="stable")
+        return canonical(pd.concat([self.train, self.valid]))
 
     def history(self, stage: str) -> sp.csr_matrix:
         """Binary user x item matrix of the history (also the items excluded when scoring)."""
@@ -58,15 +70,52 @@ class Split:
         return History(interaction_matrix(frame, self.n_users, self.n_items),
                        recent_items(frame, self.n_users, max_len))
 
+    def everything(self) -> pd.DataFrame:
+        """Every interaction of the split, in canonical order."""
+        frames = [self.train, self.valid, self.test, *([self.later] if self.later is not None else [])]
+        return canonical(pd.concat(frames))
+
     def whole(self) -> Split:
         """Every interaction as train, nothing held out: what a bundle published for serving knows."""
-        everything = pd.concat([self.train, self.valid, self.test]).sort_values(["u", "t", ROW], kind="stable")
+        everything = self.everything()
         empty = everything.iloc[:0]
-        return Split(self.users, self.items, everything.reset_index(drop=True), empty, empty, self.context_columns)
+        return Split(self.users, self.items, everything, empty, empty, self.context_columns)
+
+    @property
+    def held_out_events(self) -> int:
+        """How many of each user's last interactions this split holds out (at most; 1 = the protocol)."""
+        if self.later is None or self.later.empty:
+            return 1
+        return 1 + int(self.later.groupby("u", sort=False).size().max())
+
+    def gate_events(self) -> pd.DataFrame:
+        """The held-out interactions (test, then later), canonical order: scored one step at a time."""
+        return canonical(pd.concat([self.test, *([self.later] if self.later is not None else [])]))
+
+    def holding_out(self, k: int) -> Split:
+        """This split's interactions with each user's last ``k`` held out instead of the last one
+        (fewer for a user with fewer than k + 2: at least one train and one validation row stay):
+        the one before them is validation, the first of them ``test``, the rest ``later``."""
+        if k < 1:
+            raise ValueError(f"held-out events must be >= 1, got {k}")
+        everything = self.everything()
+        from_end = everything.groupby("u", sort=False).cumcount(ascending=False).to_numpy()
+        size = everything.groupby("u", sort=False)["i"].transform("size").to_numpy()
+        held = np.minimum(k, size - 2)
+
+        def rows(mask: np.ndarray) -> pd.DataFrame:
+            return everything[mask].reset_index(drop=True)
+
+        return replace(self, train=rows(from_end > held), valid=rows(from_end == held),
+                       test=rows(from_end == held - 1), later=rows(from_end < held - 1))
 
     def targets(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
         frame = self.stage_frame(stage)
         return frame["u"].to_numpy(), frame["i"].to_numpy()
+
+
+def canonical(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(["u", "t", ROW], kind="stable").reset_index(drop=True)
 
 
 def recent_items(frame: pd.DataFrame, n_users: int, max_len: int) -> np.ndarray:
@@ -94,7 +143,13 @@ def canonical_order(interactions: pd.DataFrame) -> pd.DataFrame:
     return frame.drop_duplicates([USER, ITEM], keep="first")
 
 
-def temporal_split(dataset: Dataset) -> Split:
+def temporal_split(dataset: Dataset, held_out: int = 1) -> Split:
+    """The protocol's split (``held_out`` 1), or its gate variant (`Split.holding_out`)."""
+    split = protocol_split(dataset)
+    return split if held_out == 1 else split.holding_out(held_out)
+
+
+def protocol_split(dataset: Dataset) -> Split:
     frame = canonical_order(dataset.interactions)
     counts = frame.groupby(USER, sort=False)[ITEM].transform("size")
     frame = frame[counts.to_numpy() >= MIN_INTERACTIONS]

@@ -193,11 +193,19 @@ def replay(pipeline: Pipeline, history: History, events: LaterEvents, last_time:
     return topk, fallback, repeat
 
 
-def event_counts(events: LaterEvents, n_items: int, cutoff: int | None, repeat: np.ndarray,
-                 fallback: np.ndarray) -> dict:
+def event_counts(events: LaterEvents, n_items: int, cutoff: int | None, last_time: np.ndarray | None,
+                 repeat: np.ndarray, fallback: np.ndarray) -> dict:
+    """What the log held that the bundle could not know or may already know. An event may be
+    known when it is no later than its user's last interaction in the bundle (the bundle's
+    cutoff, for a bundle from before last times were stored)."""
     unknown_user = events.users < 0
     unknown_item = events.items >= n_items
-    early = events.times <= cutoff if cutoff is not None else np.zeros(len(events), dtype=bool)
+    early = np.zeros(len(events), dtype=bool)
+    if last_time is not None and len(last_time) and (np.asarray(last_time) >= 0).any():
+        known = ~unknown_user
+        early[known] = events.times[known] <= np.asarray(last_time)[events.users[known]]
+    elif cutoff is not None:
+        early = events.times <= cutoff
     return {
         "events": int(len(events)),
         "users": int(np.unique(events.keys).size),
@@ -226,7 +234,7 @@ def backtest(served: ServingModel, later: pd.DataFrame, stage: str = "full", sou
     n_candidates = int(served.runtime.get("n_candidates", 200))
     topk, fallback, repeat = replay(pipeline, content.history, events, content.last_time, n_candidates)
     cutoff = (served.runtime.get("data") or {}).get("cutoff")
-    counts = event_counts(events, pipeline.n_items, cutoff, repeat, fallback)
+    counts = event_counts(events, pipeline.n_items, cutoff, content.last_time, repeat, fallback)
     _log_counts(counts, source)
     metrics = topk_metrics(topk, events.items, pipeline.n_items)
     return Backtest({**metrics, **counts}, topk, fallback, counts)
@@ -234,9 +242,9 @@ def backtest(served: ServingModel, later: pd.DataFrame, stage: str = "full", sou
 
 def _log_counts(counts: dict, source: str) -> None:
     if counts["at_or_before_cutoff"]:
-        log.warning("%d of %d events in %s are at or before the bundle's data cutoff %s: the bundle may already "
-                    "know them (scored anyway)", counts["at_or_before_cutoff"], counts["events"], source,
-                    counts["cutoff"])
+        log.warning("%d of %d events in %s are at or before their user's last interaction in the bundle "
+                    "(data cutoff %s): the bundle may already know them (scored anyway)",
+                    counts["at_or_before_cutoff"], counts["events"], source, counts["cutoff"])
     if counts["unknown_users"]:
         log.info("%d users (%d events) are unknown to the bundle: they start from an empty history",
                  counts["unknown_users"], counts["unknown_user_events"])

@@ -43,6 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--users", help="user table for a user log (CSV/Parquet)")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="dataset cache (default: data/)")
     parser.add_argument("--split", choices=("test", "valid"), default="test", help="held-out interactions to score")
+    parser.add_argument("--held-out", type=int, default=1, metavar="K",
+                        help="split with each user's last K interactions held out, as `recsys.train --held-out K` "
+                             "trains (valid: the model-selection score; test: the first gate event); "
+                             "default 1, the protocol's split, comparable with peers")
     parser.add_argument("--allow-seen", action="store_true",
                         help="score a bundle published from the whole log on rows it was built from (labelled)")
     parser.add_argument("--stage", choices=MODEL_STAGES, default="full",
@@ -55,13 +59,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.events is None and args.dataset is None:
         parser.error("the following arguments are required: --dataset")
+    if args.held_out < 1:
+        parser.error(f"--held-out must be >= 1, got {args.held_out}")
     return args
 
 
 def run(args: argparse.Namespace) -> dict:
     if args.events:
         return run_events(args)
-    split = temporal_split(load_dataset(args.dataset, args.data_dir, args.items, args.users))
+    split = temporal_split(load_dataset(args.dataset, args.data_dir, args.items, args.users), args.held_out)
     started = time.perf_counter()
     if args.topk_in:
         topk = frame_to_topk(pd.read_csv(args.topk_in), split, args.split)
@@ -76,7 +82,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.topk_out:
         topk_to_frame(topk, split, args.split).to_csv(args.topk_out, index=False)
     if args.json:
-        payload = {"dataset": args.dataset, "model": args.model, "split": args.split, "stage": args.stage,
+        payload = {"dataset": args.dataset, "model": args.model, "split": args.split, "held_out": args.held_out,
+                   "stage": args.stage,
                    "allow_seen": args.allow_seen, "label": name, **metrics}
         Path(args.json).write_text(json.dumps(payload, indent=2))
     return metrics

@@ -7,6 +7,7 @@ are scored by the same code.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -77,7 +78,7 @@ def sample_users(split: Split, n: int, seed: int) -> Split:
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.choice(split.n_users, size=n, replace=False))
     valid = split.valid[split.valid["u"].isin(keep)].reset_index(drop=True)
-    return Split(split.users, split.items, split.train, valid, split.test, split.context_columns)
+    return replace(split, valid=valid)
 
 
 def held_out_requests(split: Split, stage: str = "test") -> list[dict]:

@@ -22,7 +22,7 @@ from recsys.data.tokens import build_token_table
 from recsys.models.ranker import RankerConfig
 from recsys.models.two_tower import TwoTowerConfig
 from recsys.pipeline.feature_tables import build_feature_tables
-from recsys.split import Split, temporal_split
+from recsys.split import GATE_EVENTS, Split, temporal_split
 from recsys.train.model_dir import RANKER, RANKING_FEATURES, ModelDirError, load_trained, save_ranker, save_towers
 from recsys.train.ranker import EXAMPLE_SOURCES, RankerTrainConfig, holdout_retriever, train_ranker
 from recsys.train.towers import TowerTrainConfig, train_two_tower
@@ -31,12 +31,12 @@ log = logging.getLogger(__name__)
 
 
 def train_towers_into(out: Path, dataset: Dataset, split: Split, model_cfg: TwoTowerConfig,
-                      train_cfg: TowerTrainConfig) -> dict:
+                      train_cfg: TowerTrainConfig, held_out: int = 1) -> dict:
     item_tokens = build_token_table(dataset.items, "item_id", split.items)
     user_tokens = build_token_table(dataset.users, "user_id", split.users)
     result = train_two_tower(split, model_cfg, train_cfg, item_tokens, user_tokens)
     config = {"dataset": dataset.name, "fingerprint": dataset.fingerprint(), "source": dataset.source,
-              "seed": train_cfg.seed, "tower_training": train_cfg.to_dict(),
+              "seed": train_cfg.seed, "held_out": held_out, "tower_training": train_cfg.to_dict(),
               "tower_result": {"best_epoch": result.best_epoch, "valid_NDCG@10": result.best_ndcg,
                                "seconds": round(result.seconds, 1), "curve": result.curve}}
     save_towers(out, result.model, split.users, split.items, item_tokens, user_tokens, config)
@@ -105,11 +105,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
     parser.add_argument("--skip-ranker", nargs="?", const=True, default=False, type=_parse_bool, metavar="BOOL",
                         help="train the retrieval towers only")
+    parser.add_argument("--held-out", type=int, default=GATE_EVENTS, metavar="K",
+                        help=f"train without each user's last K interactions (default {GATE_EVENTS}): the "
+                             "compression gate scores them one step at a time; 1 = the protocol's split")
     _add_dataclass_flags(parser, TowerTrainConfig)
     _add_dataclass_flags(parser, TwoTowerConfig, skip=("n_users", "n_items"))
     _add_dataclass_flags(parser, RankerTrainConfig, prefix="ranker-")
     _add_dataclass_flags(parser, RankerConfig, skip=RANKER_FIXED, prefix="ranker-")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.held_out < 1:
+        parser.error(f"--held-out must be >= 1, got {args.held_out}")
+    return args
 
 
 RANKER_FIXED = ("dim", "n_dense", "feature_names")  # set from the towers and the feature tables
@@ -117,11 +123,11 @@ RANKER_FIXED = ("dim", "n_dense", "feature_names")  # set from the towers and th
 
 def run(args: argparse.Namespace) -> dict:
     dataset = load_dataset(args.dataset, args.data_dir, args.items, args.users)
-    split = temporal_split(dataset)
+    split = temporal_split(dataset, args.held_out)
     model_cfg = _pick(args, TwoTowerConfig, n_users=split.n_users, n_items=split.n_items)
     train_cfg = _pick(args, TowerTrainConfig)
     out = Path(args.out)
-    config = train_towers_into(out, dataset, split, model_cfg, train_cfg)
+    config = train_towers_into(out, dataset, split, model_cfg, train_cfg, args.held_out)
     if args.skip_ranker:
         # The feature tables still carry the popularity order unknown users fall back to.
         (out / RANKER).unlink(missing_ok=True)

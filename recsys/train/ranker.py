@@ -24,7 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -154,8 +154,7 @@ def _row_keys(rows: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
 def holdout_split(split: Split, n_last: int) -> Split:
     """The split with each user's last ``n_last`` train interactions removed from train."""
     from_end = split.train.groupby("u", sort=False).cumcount(ascending=False).to_numpy()
-    return Split(split.users, split.items, split.train[from_end >= n_last].reset_index(drop=True), split.valid,
-                 split.test, split.context_columns)
+    return replace(split, train=split.train[from_end >= n_last].reset_index(drop=True))
 
 
 def holdout_retriever(split: Split, tower_config: dict, tower_training: dict, best_epoch: int,

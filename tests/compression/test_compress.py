@@ -42,13 +42,19 @@ def test_compress_writes_card_and_serving_bundles(trained, capsys):
     assert card["students"]["nokd"]["ranker_distill"] is None
     # The other techniques are measured, and replace the plain compressed variant only when they win.
     assert {"student-fp16", "compressed-pruned", "compressed-lowrank"} <= set(names)
-    assert set(card["techniques"]) == {"compressed-pruned", "compressed-lowrank"}
+    assert set(card["techniques"]) == {"compressed-pq", "compressed-pruned", "compressed-lowrank"}
     assert card["published_variant"] in ("compressed", *card["techniques"])
     assert all(why.startswith(("kept", "not kept")) for why in card["techniques"].values())
     fp16 = json.loads((out / "variants" / "student-fp16" / "runtime.json").read_text())
     assert fp16["user_tower"]["precision"] == "fp16"
     for row in card["variants"]:
         assert row["bytes"] > 0 and row["latency_p50_ms"] > 0 and row["served_p50_ms"] > 0 and 0 <= row["NDCG@10"] <= 1
+        low, high = row["NDCG@10_ci"]
+        assert low <= row["NDCG@10"] <= high and low < high
+        assert row["events"] == len(gate_split(data).gate_events()) > row["users"]  # several events per user
+    gate = card["gate"]
+    assert gate["interval"][0] <= gate["ratio"] <= gate["interval"][1] and "upper end" in gate["rule"]
+    assert gate["passed"] == (gate["interval"][1] >= 0.3) and "95 % interval" in gate["decision"]
     by_name = {row["name"]: row for row in card["variants"]}
     assert by_name["compressed"]["bytes"] < by_name["teacher-fp32"]["bytes"] / 2
     assert card["gate"]["passed"] and (out / "card.md").exists() and (out / "card.png").stat().st_size > 1000
@@ -64,17 +70,29 @@ def test_compress_writes_card_and_serving_bundles(trained, capsys):
     capsys.readouterr()
 
 
-def test_evaluate_cli_scores_a_bundle_like_the_card(trained, tmp_path, capsys):
+def gate_split(data):
+    from recsys.data.datasets import load_dataset
+    from recsys.split import GATE_EVENTS, temporal_split
+
+    return temporal_split(load_dataset(data[1], data[5], data[3]), GATE_EVENTS)
+
+
+def test_the_card_scores_are_the_backtest_of_the_measured_bundle_on_the_gate_events(trained, tmp_path, capsys):
+    from recsys.evaluate.backtest import split_rows_as_log
     from recsys.evaluate.cli import main as evaluate_main
 
     root, data = trained
     out = root / "out"
     card = json.loads((out / "card.json").read_text())
-    # The published variant: a technique that beats plain "compressed" replaces it.
+    # The published variant: a technique that is cheaper and not worse replaces plain "compressed".
     compressed = next(row for row in card["variants"] if row["name"] == card["published_variant"])
-    assert evaluate_main(["--model", str(out / "holdout" / "compressed"), *data,
+    split = gate_split(data)
+    split_rows_as_log(split, split.gate_events()).to_csv(tmp_path / "gate.csv", index=False)
+    assert evaluate_main(["--model", str(out / "holdout" / "compressed"), "--events", str(tmp_path / "gate.csv"),
                           "--json", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["NDCG@10"] == pytest.approx(compressed["NDCG@10"])
+    # The protocol's last-event number stays available for peers (the hold-out bundle never saw it).
+    assert evaluate_main(["--model", str(out / "holdout" / "compressed"), *data]) == 0
     capsys.readouterr()
 
 
@@ -98,13 +116,15 @@ def test_published_bundles_know_every_interaction_and_never_recommend_one_back(t
     root, data = trained
     split = temporal_split(load_dataset(data[1], root, data[3]))
     everything = len(split.train) + len(split.valid) + len(split.test)
+    held_out = gate_split(data)
     for name in ("teacher", "compressed"):
         measured, served = root / "out" / "holdout" / name, root / "out" / name
-        assert len(read_population(measured).seen_indices) == everything - len(split.test)
+        assert len(read_population(measured).seen_indices) == everything - len(held_out.gate_events())
         assert len(read_population(served).seen_indices) == everything
         measured_data = load_serving_model(measured).runtime["data"]
         served_model = load_serving_model(served)
-        assert measured_data["holdout"] and measured_data["cutoff"] == int(split.history_frame("test")["t"].max())
+        assert "last 5 interactions" in measured_data["holdout"]
+        assert measured_data["cutoff"] == int(held_out.history_frame("test")["t"].max())
         assert served_model.runtime["data"] == {"cutoff": int(split.test["t"].max()), "holdout": None,
                                                 "interactions": everything}
         seen = split.whole().history("valid")
@@ -115,15 +135,25 @@ def test_published_bundles_know_every_interaction_and_never_recommend_one_back(t
     capsys.readouterr()
 
 
-def test_gate_refuses_and_publishes_nothing(trained, capsys):
+def test_a_refused_first_build_serves_the_teacher_and_a_refused_rebuild_publishes_nothing(trained, capsys):
     root, data = trained
     out = root / "refused"
-    code = compress_main(["--model", str(root / "model"), *data, "--out", str(out), "--threshold", "1.5", *FAST])
-    assert code == 1
-    assert "quality gate failed" in capsys.readouterr().err
-    assert (out / "card.json").exists()
-    assert not json.loads((out / "card.json").read_text())["gate"]["passed"]
-    assert current_version(out / "compressed") is None and current_version(out / "teacher") is None
+    # No compressed bundle can be shown to keep 1.5 x the teacher's quality: the gate refuses.
+    refuse = ["--model", str(root / "model"), *data, "--out", str(out), "--threshold", "1.5", *FAST]
+    assert compress_main(refuse) == 1
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "quality gate failed" in last_line and "teacher bundle" in last_line and "served instead" in last_line
+    card = json.loads((out / "card.json").read_text())
+    assert not card["gate"]["passed"] and "teacher is published and served" in card["gate"]["outcome"]
+    assert "served instead" in (out / "card.md").read_text()
+    served = load_manifest(resolve_bundle(out / "compressed"))
+    assert served.kind == "teacher" and current_version(out / "teacher")
+    assert current_version(out / "holdout" / "teacher") and not current_version(out / "holdout" / "compressed")
+    # A rebuild (a retrain) that is refused leaves what is served untouched.
+    before = current_version(out / "compressed")
+    assert compress_main(refuse) == 1
+    assert "nothing was published" in capsys.readouterr().err
+    assert current_version(out / "compressed") == before
 
 
 def test_bad_model_dir_is_a_clear_error(tmp_path, trained, capsys):
@@ -171,4 +201,23 @@ def test_a_retrieval_only_model_compresses_too(trained, tmp_path, capsys):
     card = json.loads((out / "card.json").read_text())
     names = {row["name"] for row in card["variants"]}
     assert "compressed-lowrank" in names and "compressed-pruned" not in names  # nothing to prune without a ranker
+    capsys.readouterr()
+
+
+def test_the_gate_refuses_a_damaged_student_and_passes_the_equal_one(trained, capsys):
+    root, data = trained
+    out = root / "control"
+    # Students as wide as the teacher's towers, with all its ranker features, trained longer:
+    # equal to it within noise on this log.
+    code = compress_main(["--model", str(root / "model"), *data, "--out", str(out), "--threshold", "0.9", *FAST,
+                          "--student-dim", "16", "--tower-epochs", "8", "--ranker-epochs", "6",
+                          "--student-disabled-features", "", "--control-noise", "3", "--no-publish"])
+    card = json.loads((out / "card.json").read_text())
+    assert code == 0, card["gate"]["decision"]
+    by_name = {row["name"]: row for row in card["variants"]}
+    control = card["controls"]["compressed-damaged"]
+    assert control["refused"] and control["interval"][1] < 0.9
+    assert by_name["compressed-damaged"]["NDCG@10"] < 0.9 * by_name["teacher-fp32"]["NDCG@10"]
+    assert card["gate"]["passed"] and card["published_variant"] != "compressed-damaged"
+    assert "Control `compressed-damaged`" in (out / "card.md").read_text()
     capsys.readouterr()

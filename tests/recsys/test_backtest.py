@@ -23,7 +23,7 @@ from recsys.evaluate.models import load_model
 from recsys.evaluate.scoring import evaluate_model, recommend_for_stage
 from recsys.pipeline.ranker_features import request_context
 from recsys.pipeline.recommend import empty_history
-from recsys.split import Split, temporal_split
+from recsys.split import GATE_EVENTS, Split, temporal_split
 from tests.fixtures.bundles import publish_tiny_bundle
 
 METRIC_KEYS = tuple(topk_metrics(np.full((2, 20), -1), np.zeros(2, np.int64), 1))
@@ -114,7 +114,7 @@ def test_events_at_or_before_the_cutoff_are_scored_and_counted(checkerboard_bund
         result = backtest(served, later)
 
     assert result.counts["at_or_before_cutoff"] == len(later) and result.counts["cutoff"] == cutoff
-    assert "at or before the bundle's data cutoff" in caplog.text
+    assert "at or before their user's last interaction in the bundle" in caplog.text
 
 
 def test_a_repeat_of_a_seen_item_is_a_miss(checkerboard_bundle, checkerboard_split):
@@ -216,7 +216,8 @@ def test_dataset_is_still_required_without_events(capsys):
 
 @pytest.fixture(scope="module")
 def tiny_split(tiny) -> Split:
-    return temporal_split(load_dataset(str(tiny.interactions), tiny.root, str(tiny.items)))
+    """The split the tiny bundles' models were trained and measured on (`recsys.train --held-out`)."""
+    return temporal_split(load_dataset(str(tiny.interactions), tiny.root, str(tiny.items)), GATE_EVENTS)
 
 
 @pytest.mark.parametrize("kind", ["teacher", "compressed"])
@@ -228,7 +229,8 @@ def test_held_out_rows_reproduce_evaluate_with_a_ranker(tiny, tiny_split, kind, 
     split_rows_as_log(tiny_split, tiny_split.test).to_parquet(events, index=False)
     evaluated, backtested = tmp_path / "evaluate.json", tmp_path / "backtest.json"
 
-    assert main([*tiny.data_args(), "--model", str(measured), "--json", str(evaluated)]) == 0
+    assert main([*tiny.data_args(), "--model", str(measured), "--held-out", str(GATE_EVENTS),
+                 "--json", str(evaluated)]) == 0
     assert main(["--model", str(measured), "--events", str(events), "--json", str(backtested)]) == 0
 
     expected, got = json.loads(evaluated.read_text()), json.loads(backtested.read_text())

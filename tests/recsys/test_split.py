@@ -53,3 +53,35 @@ def test_instacart_sizes_match_protocol(data_dir):
     split = temporal_split(load_dataset("instacart", data_dir))
     assert (split.n_users, split.n_items, len(split.train)) == (592, 14_190, 52_952)
     assert np.setdiff1d(split.test["i"], split.train["i"]).size > 0
+
+
+def test_holding_out_k_events_keeps_them_out_of_train_and_valid(ml100k_split):
+    gate = ml100k_split.holding_out(5)
+    assert gate.held_out_events == 5 and ml100k_split.held_out_events == 1
+    assert len(gate.test) == len(gate.valid) == 943 and len(gate.later) == 4 * 943  # every user has >= 20
+    assert len(gate.train) == 98_114 - 4 * 943
+    events = gate.gate_events()
+    assert len(events) == 5 * 943 and events.groupby("u").size().eq(5).all()
+    # The protocol's test row is each user's last gate event; nothing is lost or doubled.
+    assert events.groupby("u").tail(1)[["u", "i"]].reset_index(drop=True).equals(
+        ml100k_split.test[["u", "i"]].reset_index(drop=True))
+    assert gate.everything()[["u", "i"]].equals(ml100k_split.everything()[["u", "i"]])
+    assert len(gate.whole().train) == 100_000
+    last_known = gate.history_frame("test").groupby("u")["t"].max()
+    assert (events.groupby("u")["t"].min() >= last_known).all()
+    back = gate.holding_out(1)
+    for part in ("train", "valid", "test"):
+        assert getattr(back, part)[["u", "i"]].equals(getattr(ml100k_split, part)[["u", "i"]])
+
+
+def test_holding_out_leaves_a_short_user_one_train_and_one_valid_row():
+    frame = pd.DataFrame({"user_id": ["a"] * 4 + ["b"] * 9, "item_id": [f"i{n}" for n in range(13)],
+                          "timestamp": list(range(4)) + list(range(9))})
+    gate = temporal_split(Dataset("tiny", validate_interactions(frame)), held_out=5)
+    sizes = {user: frame.groupby("u").size().to_dict() for user, frame in (("train", gate.train),
+                                                                          ("later", gate.later))}
+    a, b = gate.users.to_index(np.array(["a", "b"]))
+    assert sizes["train"] == {a: 1, b: 3} and sizes["later"] == {a: 1, b: 4}
+    assert len(gate.valid) == len(gate.test) == 2
+    back = gate.holding_out(1)
+    assert len(back.train) == 2 + 7 and back.later.empty and gate.holding_out(5).train.equals(gate.train)

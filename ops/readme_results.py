@@ -32,7 +32,9 @@ def _table(rows: list[dict], columns: tuple[str, ...]) -> list[str]:
 def card_section(card_path: Path) -> list[str]:
     card = json.loads(card_path.read_text())
     png = card_path.with_name("card.png")
-    scored = [f"Quality on {card['scored_on']}.", ""] if card.get("scored_on") else []
+    scored = [f"Quality on {card['scored_on']}.", ""] if card.get("scored_on") else [
+        "A card from before the gate scored held-out events with intervals: quality on the protocol's last "
+        "event per user, no intervals; rebuild it to refresh.", ""]
     rows = ["| " + " | ".join(CARD_COLUMNS) + " |", "|" + "---|" * len(CARD_COLUMNS)]
     rows += ["| " + " | ".join(row_cell(row, c) for c in CARD_COLUMNS) + " |" for row in card["variants"]]
     lines = [f"### Compression report card: {card['dataset']}", "", *scored, *rows, "", *gate_lines(card), "",

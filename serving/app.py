@@ -18,6 +18,7 @@ from recsys.data.events import EventStore
 from recsys.index import set_faiss_threads
 from serving.errors import BodySizeLimit, install_error_handlers
 from serving.metrics import MetricsMiddleware, ServingMetrics
+from serving.overlay import OverlayFeeder
 from serving.routes import Services, build_router
 from serving.settings import Settings
 from serving.state import CurrentWatcher, ModelState
@@ -35,12 +36,18 @@ def create_app(settings: Settings) -> FastAPI:
         # OpenMP keeps this per OS thread, so it is set here, on the event-loop thread that runs
         # the async endpoints' searches (load_serving_model's call only covers the loading thread).
         set_faiss_threads(settings.threads)
+        store = EventStore(settings.events_db)
+        services.state.events = store  # the first bundle's real-time history is replayed from it
         try:
             live = await run_in_threadpool(services.state.load_initial)
         except Exception as exc:
             log.error("cannot start: bundle %s could not be served: %s", settings.bundle, exc)
+            store.close()
             raise
-        services.events = EventStore(settings.events_db)
+        services.events = store
+        services.feeder = OverlayFeeder(lambda: services.state.live.overlay if services.state.live else None,
+                                        store, settings.overlay_poll_s, on_poll=metrics.observe_overlay)
+        services.feeder.start()
         watcher = CurrentWatcher(services.state, settings.watch_interval_s) if settings.watch_current else None
         if watcher:
             watcher.start()
@@ -50,7 +57,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             if watcher:
                 watcher.stop()
-            store, services.events = services.events, None
+            services.feeder.stop()
+            services.events = services.feeder = None
             store.close()
 
     app = FastAPI(title="recsys-compressed", summary="Recommendations from a compressed model bundle",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,6 +38,15 @@ class ServingMetrics:
         self.reloads = Counter("recsys_reloads", "Bundle reload attempts by outcome (success, unchanged, refused)",
                                ["outcome"], registry=self.registry)
         self.model = Info("recsys_model", "The bundle being served", registry=self.registry)
+        self.overlay_users = Gauge("recsys_overlay_users", "Users in this worker's real-time history overlay",
+                                   registry=self.registry)
+        self.overlay_events = Gauge("recsys_overlay_events", "Events in this worker's real-time history overlay",
+                                    registry=self.registry)
+        self.overlay_evicted = Gauge("recsys_overlay_evicted_users",
+                                     "Users dropped from the overlay at its cap since the bundle was loaded",
+                                     registry=self.registry)
+        self.overlay_last_id = Gauge("recsys_overlay_last_event_id", "The event store id the overlay has read up to",
+                                     registry=self.registry)
         self._stage_children: dict[tuple[str, str], Histogram] = {}
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
@@ -61,6 +70,12 @@ class ServingMetrics:
     def set_model(self, manifest: Manifest) -> None:
         self.model.info({"bundle_version": manifest.bundle_version, "kind": manifest.kind,
                          "created_at": manifest.created_at})
+
+    def observe_overlay(self, overlay) -> None:
+        self.overlay_users.set(overlay.n_users)
+        self.overlay_events.set(overlay.n_events)
+        self.overlay_evicted.set(overlay.evicted_users)
+        self.overlay_last_id.set(overlay.last_id)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

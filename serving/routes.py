@@ -24,6 +24,7 @@ from recsys.pipeline.request import RequestError, request_time
 from recsys.pipeline.served import Recommendation, UnknownItemError
 from serving.errors import AdminDisabled, InvalidRequest, NotReady, Unauthorized
 from serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
+from serving.overlay import OverlayFeeder
 from serving.schemas import (
     ID_PATTERN,
     TIME_DESCRIPTION,
@@ -56,6 +57,7 @@ class Services:
     state: ModelState
     metrics: ServingMetrics
     events: EventStore | None = None
+    feeder: OverlayFeeder | None = None
 
 
 def json_response(body: bytes, status: int = 200) -> Response:
@@ -171,7 +173,8 @@ def build_router(services: Services) -> APIRouter:
         live = state.current()
         context = query_context(request.query_params, live.model.context_columns)
         when = parse_time("query.at", at, live.model.real_time)
-        rec = live.model.recommend(live.ids.user(user), k, live.ids.items(excluded), at=when, context=context)
+        rec = live.model.recommend(live.ids.user(user), k, live.ids.items(excluded), at=when, context=context,
+                                   since=live.overlay.events(user))
         return answer(user, rec, live.version)
 
     @router.post("/recommend", response_model=RecommendResponse, responses=_errors(422, 503))
@@ -189,7 +192,9 @@ def build_router(services: Services) -> APIRouter:
                        for i, event in enumerate(body.history)]
             history = [(item, stamp) for item, stamp in history if item is not None]
         user = live.ids.user(body.user) if body.user is not None else None
-        rec = model.recommend(user, body.k, live.ids.items(body.exclude), at=when, context=context, history=history)
+        since = live.overlay.events(body.user) if body.user is not None and history is None else ()
+        rec = model.recommend(user, body.k, live.ids.items(body.exclude), at=when, context=context, history=history,
+                              since=since)
         return answer(body.user, rec, live.version)
 
     def answer(user: str | None, rec: Recommendation, version: str) -> Response:
@@ -211,13 +216,21 @@ def build_router(services: Services) -> APIRouter:
 
     @router.post("/events", status_code=202, response_model=EventsAccepted, responses=_errors(413, 422, 503))
     def post_events(events: Events) -> Response:
-        """Store one event or a batch; answered only once the batch is durable (fsynced)."""
-        store = services.events
-        if store is None:
+        """Store one event or a batch; answered only once the batch is durable (fsynced) and in
+        this worker's real-time history (every other worker reads it within ``overlay_poll_s``).
+        Items the served bundle does not know are stored for the next retrain, listed in
+        ``unknown_items``, and not recommended until then."""
+        store, feeder = services.events, services.feeder
+        if store is None or feeder is None:
             raise NotReady("the event store is not open yet: wait until GET /readyz answers 200")
         batch: list[EventIn] = events if isinstance(events, list) else [events]
         accepted = store.append([Event(e.user, e.item, e.event, e.timestamp) for e in batch])
-        return json_response(EventsAccepted(accepted=accepted).model_dump_json().encode(), 202)
+        feeder.poll()
+        items = list(dict.fromkeys(str(e.item) for e in batch))
+        unknown = [item for item, known in zip(items, state.current().model.item_index(items) >= 0, strict=True)
+                   if not known]
+        return json_response(EventsAccepted(accepted=accepted, unknown_items=unknown).model_dump_json().encode(),
+                             202)
 
     @router.get("/healthz", response_model=HealthResponse)
     async def healthz() -> Response:

@@ -115,6 +115,9 @@ def events_body(event_model: type[EventIn], max_events: int) -> Any:
 
 class EventsAccepted(BaseModel):
     accepted: int
+    unknown_items: list[str] = Field(default_factory=list, description=(
+        "items of the batch the served bundle does not know: stored for the next retrain, not recommended "
+        "until a bundle knows them"))
 
 
 class VersionResponse(BaseModel):

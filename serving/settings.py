@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     watch_current: bool = Field(False, description="poll the bundles root's `current` pointer and hot-reload")
     watch_interval_s: float = Field(5.0, gt=0)
     precompute_users: bool = True
+    overlay_poll_s: float = Field(0.1, gt=0, description="how often each worker reads new events into the "
+                                  "real-time history (an event reaches every worker's answers within this)")
+    overlay_max_users: int = Field(100_000, ge=1, description="users kept in the real-time history (least "
+                                   "recently active dropped first)")
+    overlay_max_events: int = Field(50, ge=1, description="events kept per user in the real-time history")
 
 
 def settings_to_env(settings: Settings) -> dict[str, str]:

@@ -5,6 +5,9 @@ the middle of a request is harmless: the old model stays alive until its last re
 A reload loads, verifies (checksums) and smoke-tests the new bundle *before* the swap, which only
 replaces one reference under a lock; a bundle that fails any check is refused and the old one
 keeps serving. While a reload runs, two models are in memory.
+
+Each live bundle carries its real-time history overlay (`serving.overlay`), replayed from the
+event store (the events after the bundle's data cutoff) before the swap.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from pathlib import Path
 from recsys.bundle.load import load_serving_model
 from recsys.bundle.manifest import BundleError
 from recsys.bundle.publish import resolve_bundle
+from recsys.data.events import EventStore
 from recsys.pipeline.served import ServingModel
 from serving.errors import BundlePathInvalid, BundleRefused, NotReady
 from serving.ids import RequestIds
 from serving.metrics import ServingMetrics
+from serving.overlay import HistoryOverlay
 from serving.schemas import VersionResponse
 from serving.settings import Settings
 
@@ -34,6 +39,7 @@ class LiveModel:
     model: ServingModel
     ids: RequestIds
     version_json: bytes
+    overlay: HistoryOverlay
 
     @property
     def version(self) -> str:
@@ -65,6 +71,7 @@ class ModelState:
         self.settings = settings
         self.metrics = metrics or ServingMetrics()
         self._live: LiveModel | None = None
+        self.events: EventStore | None = None  # the lifespan opens it before the first load
         self._swap_lock = threading.Lock()
         # Serialises reloads (admin route, watcher) so two never load at once; requests never take it.
         self._reload_lock = threading.Lock()
@@ -127,12 +134,19 @@ class ModelState:
         model = load_serving_model(bundle_dir, verify=True, threads=self.settings.threads,
                                    precompute_users=self.settings.precompute_users)
         model.smoke_test()
-        return LiveModel(model, RequestIds(model.content.users, model.content.items), version_json(model))
+        overlay = HistoryOverlay((model.runtime.get("data") or {}).get("cutoff"), self.settings.overlay_max_users,
+                                 self.settings.overlay_max_events)
+        if self.events is not None:
+            replayed = overlay.catch_up(self.events)
+            log.info("real-time history: %d events of %d users after the data cutoff %s (of %d stored)",
+                     overlay.n_events, overlay.n_users, overlay.cutoff, replayed)
+        return LiveModel(model, RequestIds(model.content.users, model.content.items), version_json(model), overlay)
 
     def _swap(self, live: LiveModel) -> None:
         with self._swap_lock:
             self._live = live
         self.metrics.set_model(live.model.manifest)
+        self.metrics.observe_overlay(live.overlay)
 
 
 class CurrentWatcher:

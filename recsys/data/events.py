@@ -50,7 +50,7 @@ _DTYPES = {
     "event": object,
     "weight": "float64",
 }
-_SELECT_SINCE = "SELECT id, user_id, item_id, timestamp, event, weight FROM events WHERE id > ? ORDER BY id"
+_SELECT_SINCE = "SELECT id, user_id, item_id, timestamp, event, weight FROM events WHERE id > ? ORDER BY id LIMIT ?"
 
 
 class InvalidEvent(ValueError):
@@ -150,10 +150,10 @@ class EventStore:
         with self._locked() as conn:
             return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
-    def to_frame(self, since_id: int = 0) -> pd.DataFrame:
-        """Events with ``id > since_id`` in insertion order, indexed by ``id``."""
+    def to_frame(self, since_id: int = 0, limit: int | None = None) -> pd.DataFrame:
+        """Events with ``id > since_id`` in insertion order (the first ``limit``), indexed by ``id``."""
         with self._locked() as conn:
-            rows = conn.execute(_SELECT_SINCE, (since_id,)).fetchall()
+            rows = conn.execute(_SELECT_SINCE, (since_id, -1 if limit is None else limit)).fetchall()
         frame = pd.DataFrame.from_records(rows, columns=["id", *COLUMNS])
         frame = frame.astype(_DTYPES)
         return frame.set_index("id")

@@ -23,7 +23,7 @@ from recsys.data.history import History
 from recsys.index import search
 from recsys.pipeline.onnx import OnnxUserEncoder
 from recsys.pipeline.ranker_features import UserSide, user_side
-from recsys.pipeline.recommend import Pipeline, PipelineRecommender, items_csr, request_rows
+from recsys.pipeline.recommend import Pipeline, PipelineRecommender, append_items, items_csr, request_rows
 from recsys.pipeline.request import context_for, supplied_rows
 from recsys.pipeline.retrieve import history_inputs
 
@@ -199,13 +199,15 @@ class ServingModel:
         return None if cutoff is None else float(cutoff) + (time.monotonic() - self._loaded_at)
 
     def recommend(self, user_id, k: int, exclude=(), at: float | None = None, context: dict | None = None,
-                  history: Sequence[tuple] | None = None) -> Recommendation:
-        """Top-k for one user id (unknown: -1 row, popular fallback unless ``history`` is given).
+                  history: Sequence[tuple] | None = None, since: Sequence[tuple] = ()) -> Recommendation:
+        """Top-k for one user id (unknown: -1 row, popular fallback unless a history is known).
 
         ``at`` is the request time in the log's unit (default `default_time`, then without the
         user's time gap: see below); ``context`` the
         dataset's context columns; ``history`` ``[(item_id, timestamp or None), ...]`` oldest
-        first replaces the stored history (unknown items are ignored)."""
+        first replaces the stored history (unknown items are ignored); ``since``, the same
+        shape, is what the user did after the bundle was built (the server's real-time
+        overlay): appended to the stored history, and excluded from the answer."""
         timings: dict[str, float] = {}
         known = -1 if user_id is None else self.content.users.index_of(user_id)
         user = np.array([known], dtype=np.int64)
@@ -217,6 +219,8 @@ class ServingModel:
             rows = self._rows.get(int(user[0]), lambda: request_rows(self.pipeline.history, user,
                                                                      self.pipeline.n_items, self.pipeline.history_len))
             last = float(self.content.last_time[user[0]]) if user[0] >= 0 else -1.0
+            if since:
+                rows, last = self._with_recent(rows, last, since)
         else:
             items = self.item_index([item for item, _ in history])
             rows = supplied_rows(items[items >= 0], self.pipeline.n_items, self._recent_width)
@@ -231,6 +235,20 @@ class ServingModel:
         ids, scores, fallback = self.pipeline.recommend_rows(user, rows, k, True, exclude_rows, self.n_candidates,
                                                              request, timings)
         return self._result(ids[0], scores[0], "popular" if fallback[0] else None, timings)
+
+    def _with_recent(self, rows: History, last: float, since: Sequence[tuple]) -> tuple[History, float]:
+        """``rows`` with the known items of ``since`` appended (each once, none already seen), and
+        the latest of ``last`` and their times."""
+        items = self.item_index([item for item, _ in since])
+        seen = set(rows.seen.indices.tolist())
+        added = []
+        for item in items.tolist():
+            if item >= 0 and item not in seen:
+                seen.add(item)
+                added.append(item)
+        if rows.recent.shape[1] < self._recent_width:  # the unknown user's empty row is narrower
+            rows = supplied_rows([], self.pipeline.n_items, self._recent_width)
+        return append_items(rows, [added]), max([last, *(float(stamp) for _, stamp in since)])
 
     def similar(self, item_id, k: int) -> Recommendation:
         from recsys.pipeline.retrieve import drop_seen

@@ -22,10 +22,11 @@ def stored(settings) -> int:
 
 def test_one_event_and_a_batch_are_accepted(client, settings):
     one = client.post("/events", json={"user": "u0", "item": "i3", "event": "purchase", "timestamp": 1_700_000_000})
-    assert one.status_code == 202 and one.json() == {"accepted": 1}
+    assert one.status_code == 202 and one.json() == {"accepted": 1, "unknown_items": []}
     batch = [{"user": "brand-new-user", "item": "brand-new-item"}, {"user": "u1", "item": "i2", "event": "view"}]
     response = client.post("/events", json=batch)
-    assert response.status_code == 202 and response.json() == {"accepted": 2}
+    # Stored for the next retrain, but the served bundle cannot recommend an item it does not know.
+    assert response.status_code == 202 and response.json() == {"accepted": 2, "unknown_items": ["brand-new-item"]}
     with EventStore(settings.events_db) as store:
         frame = store.to_frame()
     assert frame["user_id"].tolist() == ["u0", "brand-new-user", "u1"]

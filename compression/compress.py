@@ -215,8 +215,9 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
         if published != "compressed" or refused:
             shutil.rmtree(dirs["compressed"], ignore_errors=True)
     if refused:
-        raise GateFailed(f"{card['gate']['decision']}: refused; nothing was served yet, so the teacher bundle "
-                         f"{card['published'][TEACHER]} is published and served instead (card: {out / 'card.md'})")
+        raise GateFailed(f"{card['gate']['decision']}: refused; nothing was served yet, so the teacher bundle is "
+                         f"published and served instead, as {card['published']['served_instead']} "
+                         f"(card: {out / 'card.md'})")
     return card
 
 
@@ -251,6 +252,8 @@ def _publish(publishing: list[tuple[str, str]], dirs: dict[str, Path], out: Path
             served = publish_whole_log(measured, out / served_root, kind=kind, dataset=dataset, whole=whole,
                                        config=variant_config, metrics=metrics)
             published_paths.setdefault(name, str(served))
+            if served_root != root:
+                published_paths["served_instead"] = str(served)
             log.info("published %s bundle %s into %s (measured as %s)", name, served, out / served_root, measured)
         measured_paths[name] = str(measured)
     return measured_paths, published_paths

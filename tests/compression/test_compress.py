@@ -148,6 +148,7 @@ def test_a_refused_first_build_serves_the_teacher_and_a_refused_rebuild_publishe
     assert "served instead" in (out / "card.md").read_text()
     served = load_manifest(resolve_bundle(out / "compressed"))
     assert served.kind == "teacher" and current_version(out / "teacher")
+    assert f"compressed/versions/{served.bundle_version}" in last_line  # names what is served
     assert current_version(out / "holdout" / "teacher") and not current_version(out / "holdout" / "compressed")
     # A rebuild (a retrain) that is refused leaves what is served untouched.
     before = current_version(out / "compressed")

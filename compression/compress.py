@@ -179,6 +179,7 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
     rows = [{**row, **latencies[row["name"]]} for row in rows]
     del models
     decide = _paired(scores, gate_events, cfg.threshold)
+    rows = [{**row, "vs_teacher": _vs_teacher(decide, row["name"])} for row in rows]
     published, kept = pick_published(rows, TECHNIQUES, decide, gate_reference=TEACHER)
     card = {"dataset": dataset.name, "fingerprint": dataset.fingerprint(), "variants": rows,
             "gate": gate(rows, decide, cfg.threshold, published), "controls": controls(rows, decide),
@@ -219,6 +220,12 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
                          f"published and served instead, as {card['published']['served_instead']} "
                          f"(card: {out / 'card.md'})")
     return card
+
+
+def _vs_teacher(decide, name: str) -> list[float]:
+    """[ratio, low, high]: the variant's NDCG@10 over the teacher's, paired 95 % interval."""
+    evidence = decide(name, TEACHER)
+    return [evidence.ratio, *evidence.interval]
 
 
 def _paired(scores: dict[str, dict[str, UserScores]], gate_events: GateEvents, threshold: float):

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 log = logging.getLogger(__name__)
 
 CARD_COLUMNS = ("name", "params", "bytes", "latency_p50_ms", "latency_p99_ms", "served_p50_ms", "served_p99_ms",
-                "HR@10", "NDCG@10")
+                "HR@10", "NDCG@10", "vs_teacher")
 WITH_INTERVALS = ("HR@10", "NDCG@10")  # shown as "mean [low, high]" when the row has "<metric>_ci"
 
 
@@ -27,6 +27,9 @@ def format_cell(value) -> str:
 
 
 def row_cell(row: dict, column: str) -> str:
+    if column == "vs_teacher":  # NDCG@10 / teacher's, paired interval
+        ratio = row.get(column)
+        return "" if not ratio else f"{ratio[0]:.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}]"
     interval = row.get(f"{column}_ci") if column in WITH_INTERVALS else None
     if interval:
         return f"{row[column]:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]"
@@ -47,14 +50,17 @@ def gate_lines(card: dict) -> list[str]:
     return lines
 
 
+def variant_table(rows: list[dict], columns) -> list[str]:
+    """The card's variants as Markdown table lines (``vs_teacher``: NDCG@10 / teacher's, paired)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(row_cell(row, c) for c in columns) + " |" for row in rows]
+
+
 def card_markdown(card: dict, title: str) -> str:
-    columns = [*CARD_COLUMNS, "notes"]
     lines = [f"# {title}", ""]
     if card.get("scored_on"):
         lines += [f"Quality (NDCG@10, HR@10 with 95 % intervals) on {card['scored_on']}.", ""]
-    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in card["variants"]:
-        lines.append("| " + " | ".join(row_cell(row, c) for c in columns) + " |")
+    lines += variant_table(card["variants"], [*CARD_COLUMNS, "notes"])
     published = card.get("published_variant", "compressed")
     lines += ["", *gate_lines(card)]
     if card.get("techniques"):
@@ -69,10 +75,15 @@ def card_markdown(card: dict, title: str) -> str:
 
 
 def pareto_png(card: dict, path: Path, title: str) -> None:
-    """Quality (with its 95 % interval) vs latency; marker area proportional to served bytes.
-    Variants are named in a legend beside the plot, so no two labels can overlap."""
+    """Left: quality (with its 95 % interval) vs latency, marker area proportional to served bytes.
+    Right: each variant's NDCG@10 over the teacher's with the paired interval the gate decides on
+    (much narrower: the same users' noise cancels), and the threshold. Variants are named in a
+    legend and on the right's axis, so no two labels can overlap."""
     rows = [r for r in card["variants"] if r.get("latency_p50_ms") is not None and r.get("NDCG@10") is not None]
-    fig, ax = plt.subplots(figsize=(9, 4.8))
+    paired = [r for r in rows if r.get("vs_teacher")]
+    fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(13 if paired else 9, 4.8), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.4, 1] if paired else [1]})
+    ax = axes[0][0]
     biggest = max((r["bytes"] for r in rows), default=1)
     colors = plt.get_cmap("tab10")
     for i, row in enumerate(rows):
@@ -88,9 +99,26 @@ def pareto_png(card: dict, path: Path, title: str) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, markerscale=0.5, frameon=False)
+    if paired:
+        _paired_panel(axes[0][1], paired, card, [colors(rows.index(r) % 10) for r in paired])
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _paired_panel(ax, rows: list[dict], card: dict, colors: list) -> None:
+    ys = list(range(len(rows)))[::-1]
+    for y, row, color in zip(ys, rows, colors, strict=True):
+        ratio, low, high = row["vs_teacher"]
+        ax.errorbar(ratio, y, xerr=[[ratio - low], [high - ratio]], fmt="o", color=color, capsize=4)
+    threshold = card["gate"]["threshold"]
+    ax.axvline(threshold, color="grey", ls="--", lw=1, label=f"gate threshold {threshold:.2f}")
+    ax.axvline(1.0, color="black", lw=0.6)
+    ax.set_yticks(ys, [row["name"] for row in rows], fontsize=8)
+    ax.set_xlabel("NDCG@10 / teacher's, paired 95 % interval")
+    ax.set_title("what the gate decides on")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8, loc="lower left")
 
 
 def write_card(card: dict, out_dir: Path, title: str) -> dict[str, Path]:

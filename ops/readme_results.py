@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from compression.report import CARD_COLUMNS, format_cell, gate_lines, row_cell
+from compression.report import CARD_COLUMNS, gate_lines, variant_table
 
 log = logging.getLogger(__name__)
 
@@ -23,21 +23,14 @@ RUN_COLUMNS = ("bundle", "mode", "rps", "p50_ms", "p95_ms", "p99_ms", "max_ms", 
                "server_cpu", "server_rss_mb")
 
 
-def _table(rows: list[dict], columns: tuple[str, ...]) -> list[str]:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(format_cell(row.get(c)) for c in columns) + " |" for row in rows]
-    return lines
-
-
 def card_section(card_path: Path) -> list[str]:
     card = json.loads(card_path.read_text())
     png = card_path.with_name("card.png")
     scored = [f"Quality on {card['scored_on']}.", ""] if card.get("scored_on") else [
         "A card from before the gate scored held-out events with intervals: quality on the protocol's last "
         "event per user, no intervals; rebuild it to refresh.", ""]
-    rows = ["| " + " | ".join(CARD_COLUMNS) + " |", "|" + "---|" * len(CARD_COLUMNS)]
-    rows += ["| " + " | ".join(row_cell(row, c) for c in CARD_COLUMNS) + " |" for row in card["variants"]]
-    lines = [f"### Compression report card: {card['dataset']}", "", *scored, *rows, "", *gate_lines(card), "",
+    lines = [f"### Compression report card: {card['dataset']}", "", *scored,
+             *variant_table(card["variants"], CARD_COLUMNS), "", *gate_lines(card), "",
              "Ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in card.get("ratios", {}).items()), ""]
     if png.exists():
         lines += [f"![Pareto chart {card['dataset']}]({png.as_posix()})", ""]
@@ -46,7 +39,7 @@ def card_section(card_path: Path) -> list[str]:
 
 def loadtest_section(summary_path: Path) -> list[str]:
     summary = json.loads(summary_path.read_text())
-    lines = [f"### Load test: {summary.get('dataset')}", "", *_table(summary["runs"], RUN_COLUMNS), "",
+    lines = [f"### Load test: {summary.get('dataset')}", "", *variant_table(summary["runs"], RUN_COLUMNS), "",
              "Ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.get("ratios", {}).items()), ""]
     png = summary_path.with_name("summary.png")
     if png.exists():

@@ -262,6 +262,9 @@ class Retrain:
                  outcome["previous_version"])
 
     def still_serving(self) -> str:
+        now = current_version(self.compressed_root)
+        if now != self.served_before:  # a first build the gate refused: compression published the teacher
+            return f"nothing was served before, so {self.compressed_root}/current is now the teacher bundle {now}"
         return f"nothing was published, {self.compressed_root}/current still is {self.served_before or 'unset'}"
 
 

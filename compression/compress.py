@@ -186,16 +186,7 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
             "ratios": ratios(rows, published), "published_variant": published, "techniques": kept,
             "config": config, "students": {"nokd": nokd.summary, "kd": kd.summary},
             "scored_on": gate_events.describe(),
-            "notes": [f"NDCG@10 / HR@10: mean over {gate_events.describe()}, through each bundle as the server "
-                      "loads it (`recsys.evaluate --events`); [low, high]: 95 % bootstrap interval over users. "
-                      "The protocol's last-event numbers, for comparison with peers: `python -m recsys.evaluate "
-                      "--model OUT/holdout/compressed`",
-                      f"latency over {len(requests)} single requests (user tower + ANN + features + ranker), same "
-                      "run, the variants taking turns in blocks of 20 requests",
-                      "latency_*: cold, the user tower and the features' user side run per request; served_*: "
-                      "as the server answers a known user again (tower output computed at load, user side "
-                      "cached), the same requests after one warm-up pass",
-                      _student_features_note(cfg.student.disabled_features)]}
+            "notes": _card_notes(gate_events, len(requests), cfg.student.disabled_features)}
     refused = not card["gate"]["passed"]
     first_build = not current_version(out / "compressed")
     if refused:
@@ -220,6 +211,19 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
                          f"published and served instead, as {card['published']['served_instead']} "
                          f"(card: {out / 'card.md'})")
     return card
+
+
+def _card_notes(gate_events: GateEvents, n_requests: int, disabled_features: str) -> list[str]:
+    return [f"NDCG@10 / HR@10: mean over {gate_events.describe()}, through each bundle as the server loads it "
+            "(`recsys.evaluate --events`); [low, high]: 95 % bootstrap interval over users; vs_teacher: NDCG@10 "
+            "over the teacher's, with the paired interval the gate decides on. The protocol's last-event "
+            "numbers, for comparison with peers: `python -m recsys.evaluate --model OUT/holdout/compressed`",
+            f"latency over {n_requests} single requests (user tower + ANN + features + ranker), same run, the "
+            "variants taking turns in blocks of 20 requests",
+            "latency_*: cold, the user tower and the features' user side run per request; served_*: as the "
+            "server answers a known user again (tower output computed at load, user side cached), the same "
+            "requests after one warm-up pass",
+            _student_features_note(disabled_features)]
 
 
 def _vs_teacher(decide, name: str) -> list[float]:

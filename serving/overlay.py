@@ -37,6 +37,7 @@ class HistoryOverlay:
         self.max_events = max_events
         self.last_id = 0  # the store's id of the last event read
         self.evicted_users = 0
+        self.n_events = 0  # kept as events come and go: metrics read it on every poll
         self._users: OrderedDict[str, deque[tuple[str, int]]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -56,11 +57,13 @@ class HistoryOverlay:
         events = self._users.get(user)
         if events is None:
             if len(self._users) >= self.max_users:
-                self._users.popitem(last=False)
+                _, dropped = self._users.popitem(last=False)
+                self.n_events -= len(dropped)
                 self.evicted_users += 1
             events = self._users[user] = deque(maxlen=self.max_events)
         else:
             self._users.move_to_end(user)
+        self.n_events += len(events) < self.max_events  # a full deque drops its oldest
         events.append((item, stamp))
 
     def events(self, user: str) -> list[tuple[str, int]]:
@@ -71,11 +74,6 @@ class HistoryOverlay:
     @property
     def n_users(self) -> int:
         return len(self._users)
-
-    @property
-    def n_events(self) -> int:
-        with self._lock:
-            return sum(len(events) for events in self._users.values())
 
     def catch_up(self, store: EventStore, chunk: int = REPLAY_CHUNK) -> int:
         """Read every event stored after ``last_id``; returns how many were read."""

@@ -133,6 +133,7 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe request otherwise
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_freshness", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default="artifacts/ml-100k/bundles/compressed")
     parser.add_argument("--events", type=int, default=1000)

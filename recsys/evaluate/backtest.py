@@ -196,14 +196,15 @@ def replay(pipeline: Pipeline, history: History, events: LaterEvents, last_time:
 def event_counts(events: LaterEvents, n_items: int, cutoff: int | None, last_time: np.ndarray | None,
                  repeat: np.ndarray, fallback: np.ndarray) -> dict:
     """What the log held that the bundle could not know or may already know. An event may be
-    known when it is no later than its user's last interaction in the bundle (the bundle's
-    cutoff, for a bundle from before last times were stored)."""
+    known when it is earlier than its user's last interaction in the bundle (a tie is not: logs
+    such as ml-100k hold many same-second events), or, for a bundle from before last times
+    were stored, no later than its cutoff."""
     unknown_user = events.users < 0
     unknown_item = events.items >= n_items
     early = np.zeros(len(events), dtype=bool)
     if last_time is not None and len(last_time) and (np.asarray(last_time) >= 0).any():
         known = ~unknown_user
-        early[known] = events.times[known] <= np.asarray(last_time)[events.users[known]]
+        early[known] = events.times[known] < np.asarray(last_time)[events.users[known]]
     elif cutoff is not None:
         early = events.times <= cutoff
     return {
@@ -242,7 +243,7 @@ def backtest(served: ServingModel, later: pd.DataFrame, stage: str = "full", sou
 
 def _log_counts(counts: dict, source: str) -> None:
     if counts["at_or_before_cutoff"]:
-        log.warning("%d of %d events in %s are at or before their user's last interaction in the bundle "
+        log.warning("%d of %d events in %s are before their user's last interaction in the bundle "
                     "(data cutoff %s): the bundle may already know them (scored anyway)",
                     counts["at_or_before_cutoff"], counts["events"], source, counts["cutoff"])
     if counts["unknown_users"]:

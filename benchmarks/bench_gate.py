@@ -36,7 +36,7 @@ from scipy.stats import norm  # noqa: E402
 
 from recsys.data.datasets import DEFAULT_DATA_DIR, load_dataset  # noqa: E402
 from recsys.evaluate.backtest import backtest, split_rows_as_log  # noqa: E402
-from recsys.evaluate.paired import CONFIDENCE, Resampler, UserScores, event_scores  # noqa: E402
+from recsys.evaluate.paired import CONFIDENCE, Resampler, UserScores, event_scores, percentiles  # noqa: E402
 from recsys.split import GATE_EVENTS, temporal_split  # noqa: E402
 
 log = logging.getLogger("benchmarks.bench_gate")
@@ -71,9 +71,9 @@ def power_rows(dataset: str, bundles: Path, held_out: int, data_dir: Path, seed:
         keep = step < j
         scores = {name: UserScores.of(values[keep], users[keep]) for name, values in per_event.items()}
         resampler = Resampler.over(len(scores["teacher"].sums), seed=seed)
-        ratios = (resampler.weights @ scores["compressed"].sums) / (resampler.weights @ scores["teacher"].sums)
+        ratios = resampler.ratios(scores["compressed"], scores["teacher"])
         se = float(ratios.std(ddof=1))
-        low, high = np.percentile(ratios, [2.5, 97.5])
+        low, high = percentiles(ratios)
         rows.append({"events_per_user": j, "events": int(keep.sum()), "teacher_NDCG@10": scores["teacher"].mean,
                      "compressed_NDCG@10": scores["compressed"].mean,
                      "ratio": scores["compressed"].mean / scores["teacher"].mean, "ratio_se": se,

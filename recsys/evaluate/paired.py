@@ -67,15 +67,18 @@ class Resampler:
 
     def interval(self, scores: UserScores) -> tuple[float, float]:
         """95 % percentile interval of the mean score."""
-        return _percentiles(self.means(scores))
+        return percentiles(self.means(scores))
+
+    def ratios(self, numerator: UserScores, denominator: UserScores) -> np.ndarray:
+        """mean(numerator) / mean(denominator) in every draw, paired: the same users in both."""
+        return (self.weights @ numerator.sums) / np.maximum(self.weights @ denominator.sums, 1e-12)
 
     def ratio_interval(self, numerator: UserScores, denominator: UserScores) -> tuple[float, float]:
-        """95 % interval of mean(numerator) / mean(denominator), paired: same users in every draw."""
-        top, bottom = self.weights @ numerator.sums, self.weights @ denominator.sums
-        return _percentiles(top / np.maximum(bottom, 1e-12))
+        """95 % interval of mean(numerator) / mean(denominator), paired."""
+        return percentiles(self.ratios(numerator, denominator))
 
 
-def _percentiles(values: np.ndarray) -> tuple[float, float]:
+def percentiles(values: np.ndarray) -> tuple[float, float]:
     if len(values) == 0:
         return float("nan"), float("nan")
     tail = 100 * (1 - CONFIDENCE) / 2

@@ -246,8 +246,9 @@ class ServingModel:
             if item >= 0 and item not in seen:
                 seen.add(item)
                 added.append(item)
-        if rows.recent.shape[1] < self._recent_width:  # the unknown user's empty row is narrower
-            rows = supplied_rows([], self.pipeline.n_items, self._recent_width)
+        missing = self._recent_width - rows.recent.shape[1]
+        if missing > 0:  # rows narrower than the widest reader: left-pad, keeping what they hold
+            rows = History(rows.seen, np.pad(rows.recent, ((0, 0), (missing, 0)), constant_values=-1))
         return append_items(rows, [added]), max([last, *(float(stamp) for _, stamp in since)])
 
     def similar(self, item_id, k: int) -> Recommendation:

@@ -155,8 +155,25 @@ def seed_row(card: dict, seed: int) -> dict:
             "damaged_refused": control["refused"], "scored_on": card.get("scored_on")}
 
 
-def run_seeds(args: argparse.Namespace) -> None:
+def compress_seeds(model: Path, data: list[str], seeds: list[int], work: Path,
+                   compress_args: list[str]) -> list[tuple[int, dict, float]]:
+    """(seed, card, seconds) of one measuring (unpublished) `python -m compression` run per seed."""
     from compression.__main__ import main as compress_main
+
+    runs = []
+    for seed in seeds:
+        out = work / f"seed-{seed}"
+        started = time.perf_counter()
+        code = compress_main(["--model", str(model), *data, "--out", str(out), "--seed", str(seed),
+                              "--no-publish", "--reports-dir", "", *compress_args])
+        if code not in (0, 1):
+            raise SystemExit(f"compression failed (exit {code}) for seed {seed}")
+        runs.append((seed, json.loads((out / "card.json").read_text()), round(time.perf_counter() - started, 1)))
+        log.info("seed %d done in %.0f s", seed, runs[-1][2])
+    return runs
+
+
+def run_seeds(args: argparse.Namespace) -> None:
     from recsys.train.cli import main as train_main
 
     work = Path(args.work) / args.flow
@@ -164,18 +181,9 @@ def run_seeds(args: argparse.Namespace) -> None:
     model = Path(args.model) if args.model else work / "model"
     if not (model / "config.json").exists() and train_main([*data, "--out", str(model)]) != 0:
         raise SystemExit(f"training the {args.flow} teacher failed")
-    rows = []
-    for seed in args.seeds:
-        out = work / f"seed-{seed}"
-        started = time.perf_counter()
-        code = compress_main(["--model", str(model), *data, "--out", str(out), "--seed", str(seed),
-                              "--control-noise", str(args.control_noise), "--no-publish", "--reports-dir", "",
-                              *args.compress_args])
-        if code not in (0, 1):
-            raise SystemExit(f"compression failed (exit {code}) for seed {seed}")
-        rows.append({**seed_row(json.loads((out / "card.json").read_text()), seed),
-                     "seconds": round(time.perf_counter() - started, 1)})
-        log.info("seed %d: %s", seed, rows[-1])
+    rows = [{**seed_row(card, seed), "seconds": seconds} for seed, card, seconds in
+            compress_seeds(model, data, args.seeds, work, ["--control-noise", str(args.control_noise),
+                                                           *args.compress_args])]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "seeds.json"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -222,11 +222,12 @@ class WholeLog:
     def popularity(self) -> np.ndarray:
         return np.bincount(self.split.train["i"], minlength=self.split.n_items).astype(np.float32)
 
-    def feature_tables(self, time_features: bool) -> FeatureTables:
-        if time_features not in self._tables:
-            self._tables[time_features] = build_feature_tables(self.split, self.item_tokens,
-                                                               time_features=time_features)
-        return self._tables[time_features]
+    def feature_tables(self, time_features: bool, ease: bool) -> FeatureTables:
+        """The whole log's tables with the measured ones' feature set (built once per set)."""
+        if (time_features, ease) not in self._tables:
+            self._tables[time_features, ease] = build_feature_tables(self.split, self.item_tokens,
+                                                                     time_features=time_features, ease=ease)
+        return self._tables[time_features, ease]
 
 
 def publish_whole_log(measured: Path, bundles_root: Path, *, kind: str, dataset: Dataset, whole: WholeLog,
@@ -245,8 +246,8 @@ def publish_whole_log(measured: Path, bundles_root: Path, *, kind: str, dataset:
         content.popularity = whole.popularity
         if content.ranking_arrays:
             measured_tables = FeatureTables.from_arrays(content.ranking_arrays)
-            tables = whole.feature_tables(measured_tables.has_time)
-            content.ranking_arrays = replace(tables, disabled=measured_tables.disabled).to_arrays()
+            tables = whole.feature_tables(measured_tables.has_time, measured_tables.has_ease)
+            content.ranking_arrays = tables.without(measured_tables.disabled).to_arrays()
         content.runtime["data"] = data_record(whole.split.train, holdout=None)
 
     staging = new_staging_dir(bundles_root)

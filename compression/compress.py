@@ -140,6 +140,22 @@ def controls(rows: list[dict], decide) -> dict:
                       "decision": evidence.describe(CONTROL, "teacher")}}
 
 
+ALONE, DISTILLED = "student-fp32-nokd", "student-fp32"
+
+
+def distillation(rows: list[dict], decide) -> dict:
+    """What distillation bought: the distilled student against the same student trained alone
+    (paired over the gate's events), and the share of the teacher-student gap it closed,
+    (distilled - alone) / (teacher - alone): 1 = the teacher's quality, 0 = nothing transferred."""
+    by_name = {row["name"]: row["NDCG@10"] for row in rows}
+    teacher, alone, distilled = by_name[TEACHER], by_name[ALONE], by_name[DISTILLED]
+    evidence = decide(DISTILLED, ALONE)
+    gap = teacher - alone
+    return {"teacher": teacher, "alone": alone, "distilled": distilled, "difference": distilled - alone,
+            "ratio": evidence.ratio, "interval": list(evidence.interval),
+            "gap": gap, "gap_closed": (distilled - alone) / gap if gap > 0 else None}
+
+
 def ratios(rows: list[dict], published: str = "compressed") -> dict:
     by_name = {row["name"]: row for row in rows}
     teacher, compressed = by_name[TEACHER], by_name[published]
@@ -183,6 +199,7 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
     published, kept = pick_published(rows, TECHNIQUES, decide, gate_reference=TEACHER)
     card = {"dataset": dataset.name, "fingerprint": dataset.fingerprint(), "variants": rows,
             "gate": gate(rows, decide, cfg.threshold, published), "controls": controls(rows, decide),
+            "distillation": distillation(rows, decide),
             "ratios": ratios(rows, published), "published_variant": published, "techniques": kept,
             "config": config, "students": {"nokd": nokd.summary, "kd": kd.summary},
             "scored_on": gate_events.describe(),
@@ -278,10 +295,13 @@ def resolve_disabled(names: str, tables: FeatureTables | None) -> str:
 
     "auto": the teacher's content-overlap features (`FeatureTables.content_features`): on
     ml-100k the students keep their quality without them and answer faster
-    (reports/compression/ml-100k/student_features.md, `benchmarks.bench_student_features`); the
-    gate still checks every run, and "" keeps the teacher's full set."""
+    (reports/compression/ml-100k/student_features.md, `benchmarks.bench_student_features`); and
+    the EASE score, whose table (64 weights per item) would outweigh the rest of a compressed
+    bundle and whose user side sums over the whole history: the teacher's ranker logits carry it
+    to the student. The gate still checks every run, and "" keeps the teacher's full set."""
     if names.strip() == AUTO:
-        return ",".join(tables.content_features()) if tables is not None else ""
+        return ",".join(tables.content_features() + (["ease_score"] if tables.has_ease else []))\
+            if tables is not None else ""
     wanted = {name.strip() for name in names.split(",") if name.strip()}
     known = set(tables.feature_names()) if tables is not None else set()
     if wanted - known:

@@ -50,6 +50,18 @@ def gate_lines(card: dict) -> list[str]:
     return lines
 
 
+def distillation_line(card: dict) -> str | None:
+    record = card.get("distillation")
+    if not record:
+        return None
+    low, high = record["interval"]
+    closed = ("no gap to close: the student alone is not below the teacher" if record["gap_closed"] is None
+              else f"share of the teacher - student gap closed {record['gap_closed']:.2f} "
+                   f"(teacher - alone = {record['gap']:.4f})")
+    return (f"Distillation: student-fp32 (distilled) {record['distilled']:.4f} vs student-fp32-nokd (trained alone) "
+            f"{record['alone']:.4f}, ratio {record['ratio']:.3f} [{low:.3f}, {high:.3f}] (paired 95 %); {closed}.")
+
+
 def variant_table(rows: list[dict], columns) -> list[str]:
     """The card's variants as Markdown table lines (``vs_teacher``: NDCG@10 / teacher's, paired)."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -63,6 +75,8 @@ def card_markdown(card: dict, title: str) -> str:
     lines += variant_table(card["variants"], [*CARD_COLUMNS, "notes"])
     published = card.get("published_variant", "compressed")
     lines += ["", *gate_lines(card)]
+    if distillation_line(card):
+        lines += ["", distillation_line(card)]
     if card.get("techniques"):
         lines += ["", f"Served as the compressed bundle: `{published}`. Techniques against plain `compressed`:",
                   *[f"- `{name}`: {why}" for name, why in card["techniques"].items()]]

@@ -51,13 +51,16 @@ class Student:
 
 
 def student_tower_config(teacher: TwoTowerConfig, cfg: StudentConfig) -> TwoTowerConfig:
-    return replace(teacher, dim=cfg.dim, hidden=cfg.hidden, depth=cfg.depth)
+    """The teacher's towers made small; a student pools its history (no self-attention blocks to
+    run per request), whatever the teacher's encoder."""
+    return replace(teacher, dim=cfg.dim, hidden=cfg.hidden, depth=cfg.depth, encoder="pool")
 
 
 def tower_train_config(trained: TrainedModel, cfg: StudentConfig) -> TowerTrainConfig:
     stored = trained.config.get("tower_training", {})
     known = {k: v for k, v in stored.items() if k in TowerTrainConfig.__dataclass_fields__}
-    return TowerTrainConfig(**{**known, "epochs": cfg.tower_epochs, "seed": cfg.seed,
+    # The objective follows the student's own (pooling) encoder, not the teacher's.
+    return TowerTrainConfig(**{**known, "epochs": cfg.tower_epochs, "seed": cfg.seed, "objective": "auto",
                                "max_steps_per_epoch": cfg.max_steps_per_epoch})
 
 
@@ -109,7 +112,7 @@ def _train_student_ranker(trained, split, tables, cfg, model_cfg, towers_result,
     summary.update({"ranker": ranked.model.cfg.to_dict(), "ranker_valid_NDCG@10": ranked.best_ndcg,
                     "retrieval_valid_NDCG@10": ranked.retrieval_ndcg, "ranker_loss": ranked.loss,
                     "ranker_seconds": round(ranked.seconds, 1),
-                    "ranker_kept": ranked.best_ndcg > ranked.retrieval_ndcg})
+                    "ranker_kept": ranked.kept})
     if not summary["ranker_kept"]:
         log.warning("student ranker dropped: valid NDCG@10 %.4f <= retrieval %.4f", ranked.best_ndcg,
                     ranked.retrieval_ndcg)

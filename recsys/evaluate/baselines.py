@@ -8,6 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.data.history import as_seen
+from recsys.models.ease import L2, ease_weights
 from recsys.pipeline.contract import Recommender
 from recsys.split import Split
 
@@ -79,17 +80,11 @@ class EASE(Recommender):
 
     name = "ease"
 
-    def __init__(self, l2: float = 250.0):
+    def __init__(self, l2: float = L2):
         self.l2 = l2
 
     def fit(self, split: Split) -> EASE:
-        matrix = split.history("valid").astype(np.float64)
-        gram = (matrix.T @ matrix).toarray()
-        gram[np.diag_indices_from(gram)] += self.l2
-        inverse = np.linalg.inv(gram)
-        weights = -inverse / np.diag(inverse)
-        np.fill_diagonal(weights, 0.0)
-        self.weights = weights.astype(np.float32)
+        self.weights = ease_weights(split.history("valid"), self.l2).astype(np.float32)
         return self
 
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:

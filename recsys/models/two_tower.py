@@ -1,5 +1,10 @@
 """Two-tower retrieval model: a history-aware user tower and a feature-aware item tower.
 
+The user tower reads the history one of two ways (``encoder``): ``pool`` (attention pooling +
+mean, cheap: the students) or ``causal`` (SASRec-style causal self-attention blocks, whose state
+at every slot is the user as of that item, so training scores every position of a window at once:
+the teacher).
+
 Index convention inside the module: item/user index + 1, with 0 meaning padding / unknown user, so
 the same graph serves known users, fold-in users (id 0 + history) and padded histories.
 """
@@ -30,6 +35,9 @@ class TwoTowerConfig:
     learn_temperature: bool = True
     # Sparse id-embedding gradients: with 1M items a dense Adam step over the table costs ~1.5 s.
     sparse_embeddings: bool = True
+    encoder: str = "pool"  # pool | causal (module doc)
+    blocks: int = 2  # causal: self-attention blocks
+    heads: int = 2  # causal: attention heads per block
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,6 +59,58 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * weights).sum(-2) / weights.sum(-2).clamp_min(1.0)
 
 
+ENCODERS = ("pool", "causal")
+
+
+class CausalBlock(nn.Module):
+    """Pre-norm self-attention + feed-forward block; slot i attends to valid slots j <= i.
+
+    Plain matmul / softmax ops rather than `nn.MultiheadAttention`, so the exported graph is the
+    same few nodes ONNX Runtime's int8 quantiser already handles."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """``x`` [B, L, D]; ``allowed`` [B, 1, L, L] bool (query, key)."""
+        b, length, d = x.shape
+        qkv = self.qkv(self.norm1(x)).view(b, length, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        logits = (q @ k.transpose(-1, -2)) / math.sqrt(d // self.heads)
+        weights = torch.softmax(logits.masked_fill(~allowed, -1e4), dim=-1)
+        attended = (self.dropout(weights) @ v).transpose(1, 2).reshape(b, length, d)
+        x = x + self.dropout(self.out(attended))
+        return x + self.dropout(self.ffn(self.norm2(x)))
+
+
+class CausalEncoder(nn.Module):
+    """History slots' `item_base` [B, L, D] + mask -> the state at every slot [B, L, D]."""
+
+    def __init__(self, cfg: TwoTowerConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList(CausalBlock(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.blocks))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, items: torch.Tensor, mask: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        slots = torch.arange(mask.shape[1], device=mask.device)
+        # Comparisons, not tril / eye: ONNX Runtime has no bool EyeLike kernel.
+        causal = slots[:, None] >= slots[None, :]
+        # A slot always sees itself, so a padding slot's row is never all-masked (its state is unused).
+        allowed = (causal & mask[:, None, :]) | (slots[:, None] == slots[None, :])
+        x = self.dropout(items + position) * mask.unsqueeze(-1).to(items.dtype)
+        for block in self.blocks:
+            x = block(x, allowed.unsqueeze(1))
+        return self.norm(x)
+
+
 class TwoTower(nn.Module):
     def __init__(self, cfg: TwoTowerConfig, item_tokens: torch.Tensor, item_vocab: int,
                  user_tokens: torch.Tensor, user_vocab: int):
@@ -67,8 +127,16 @@ class TwoTower(nn.Module):
         self.user_id = nn.Embedding(cfg.n_users + 1, d, padding_idx=0, sparse=cfg.sparse_embeddings)
         self.user_feature = nn.Embedding(max(user_vocab, 1), d, padding_idx=0)
         self.position = nn.Embedding(cfg.history_len, d)
-        self.attention = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))
-        self.user_mlp = mlp(4 * d, cfg.hidden, d, cfg.depth, cfg.dropout)
+        if cfg.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {cfg.encoder!r}")
+        if cfg.encoder == "causal":
+            if d % cfg.heads:
+                raise ValueError(f"dim {d} is not a multiple of heads {cfg.heads}")
+            self.sequence = CausalEncoder(cfg)
+            self.user_mlp = mlp(3 * d, cfg.hidden, d, cfg.depth, cfg.dropout)
+        else:
+            self.attention = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))
+            self.user_mlp = mlp(4 * d, cfg.hidden, d, cfg.depth, cfg.dropout)
         self.item_mlp = mlp(d, cfg.hidden, d, cfg.depth, cfg.dropout)
         self.log_inv_temperature = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)),
                                                 requires_grad=cfg.learn_temperature)
@@ -118,6 +186,8 @@ class TwoTower(nn.Module):
 
     def user_from_parts(self, items: torch.Tensor, mask: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
         """User vectors from the history slots' `item_base` [B, L, dim], their mask and `user_static`."""
+        if self.cfg.encoder == "causal":
+            return self.users_at_slots(items, mask, static)[:, -1]
         positions = torch.arange(mask.shape[1], device=mask.device)
         keyed = items + self.position(positions.flip(0))  # position 0 = most recent
         logits = self.attention(keyed).squeeze(-1).masked_fill(~mask, -1e4)
@@ -126,6 +196,19 @@ class TwoTower(nn.Module):
         mean = masked_mean(items, mask)
         features = torch.cat([attended, mean, static], dim=-1)
         return F.normalize(attended + mean + self.user_mlp(features), dim=-1)
+
+    def users_at_slots(self, items: torch.Tensor, mask: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
+        """Causal encoder: the user vector as of every history slot [B, L, dim] (the last slot is
+        the request's user; training scores each slot against the item that followed it)."""
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        states = self.sequence(items, mask, self.position(positions.flip(0)))
+        states = states * mask.unsqueeze(-1).to(states.dtype)  # no history: the static part alone
+        static = static.unsqueeze(1).expand(-1, mask.shape[1], -1)
+        return F.normalize(states + self.user_mlp(torch.cat([states, static], dim=-1)), dim=-1)
+
+    def slot_vectors(self, users1: torch.Tensor, history1: torch.Tensor) -> torch.Tensor:
+        """`users_at_slots` from ids: [B, L, dim]."""
+        return self.users_at_slots(self._history_base(history1), history1 > 0, self.user_static(users1))
 
 
 class LookupTable(nn.Module):

@@ -1,14 +1,14 @@
 """The arrays the ranking feature builder reads, built once from the training interactions.
 
 `FeatureTables` (item tokens and category-like labels, popularity, co-occurrence neighbours,
-time-binned item counts) is saved beside the ranker and inside every bundle with a ranker;
+EASE neighbours, time-binned item counts) is saved beside the ranker and inside every bundle with a ranker;
 `build_feature_tables` makes it from a split's train rows, so no count includes a held-out row.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.data.tokens import MULTI_LABEL, TokenTable
+from recsys.models.ease import ease_weights, strongest_weights
 from recsys.split import Split
 
 TREND_BINS = 2  # "recent" item traffic = the last this-many time bins before the request
@@ -25,6 +26,10 @@ TIME_FEATURES = ("item_pop_asof", "item_trend", "item_age", "user_gap")
 # Timestamps at or above this look like unix seconds, i.e. comparable across users; Instacart's
 # per-user pseudo-time (order_number * 1000 + cart position) does not, and gets no time features.
 UNIX_TIME_FLOOR = 100_000_000
+# The EASE feature's solve is O(n_items^3): about a minute at 14k items (Instacart) on this box's
+# two cores; larger catalogues go without it. Each item keeps its strongest EASE_NEIGHBORS weights.
+EASE_MAX_ITEMS = 20_000
+EASE_NEIGHBORS = 64
 
 
 @dataclass
@@ -39,6 +44,12 @@ class FeatureTables:
     neighbor_weights: np.ndarray  # [n_items, M] float32
     time_edges: np.ndarray  # [n_bins + 1] int64 bin edges; empty = no time features
     item_time_counts: np.ndarray  # [n_items, n_bins + 1] uint32 interactions before each edge
+    # [n_items, E] int32 / float32 each item's strongest EASE weights (`recsys.models.ease`), -1 =
+    # none; empty when the tables have no EASE feature (``ease`` False: a large catalogue, or tables
+    # saved before it existed) or have it disabled (a student: the arrays are not shipped)
+    ease: bool = False
+    ease_neighbors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int32))
+    ease_weights: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     affinity_fields: tuple[str, ...] = ()
     context_columns: tuple[str, ...] = ()
     disabled: tuple[str, ...] = ()  # feature names forced to 0 (ablations)
@@ -47,6 +58,10 @@ class FeatureTables:
     @property
     def n_items(self) -> int:
         return len(self.item_log_count)
+
+    @property
+    def has_ease(self) -> bool:
+        return self.ease
 
     @property
     def has_time(self) -> bool:
@@ -101,7 +116,7 @@ class FeatureTables:
         def wanted(names: list[str]) -> bool:
             return bool(names) and not set(self.disabled).issuperset(names)
 
-        return {"cooc": wanted(["cooc_recent"]),
+        return {"cooc": wanted(["cooc_recent"]), "ease": self.has_ease and wanted(["ease_score"]),
                 "affinity": wanted([f"affinity:{name}" for name in self.affinity_fields]),
                 "token": self.token_vocab > 1 and wanted(["token_overlap"])}
 
@@ -114,6 +129,8 @@ class FeatureTables:
     def feature_names(self) -> list[str]:
         names = ["retrieval_score", "retrieval_rank", "score_gap", "item_log_count", "user_history_len",
                  "user_mean_pop", "pop_gap", "cooc_recent", "sim_last", "sim_recent_max"]
+        if self.has_ease:
+            names.append("ease_score")
         names += [f"affinity:{name}" for name in self.affinity_fields]
         if self.token_vocab > 1:
             names.append("token_overlap")
@@ -125,15 +142,16 @@ class FeatureTables:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Named arrays (what a bundle's ``ranking_features.npz`` holds); `from_arrays` inverts it."""
         meta = {"affinity_fields": self.affinity_fields, "context_columns": self.context_columns,
-                "disabled": self.disabled, "token_vocab": self.token_vocab}
+                "disabled": self.disabled, "token_vocab": self.token_vocab, "ease": self.ease}
         return {"meta": np.array(json.dumps(meta)), **{name: getattr(self, name) for name in ARRAY_FIELDS}}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> FeatureTables:
         meta = json.loads(str(arrays["meta"]))
-        return cls(**{name: arrays[name] for name in ARRAY_FIELDS},
+        return cls(**{name: arrays[name] for name in ARRAY_FIELDS if name in arrays},
                    affinity_fields=tuple(meta["affinity_fields"]), context_columns=tuple(meta["context_columns"]),
-                   disabled=tuple(meta["disabled"]), token_vocab=int(meta["token_vocab"]))
+                   disabled=tuple(meta["disabled"]), token_vocab=int(meta["token_vocab"]),
+                   ease=bool(meta.get("ease", arrays.get("ease_neighbors", np.zeros(0)).size > 0)))
 
     def save(self, path: Path) -> None:
         with open(path, "wb") as handle:
@@ -148,10 +166,14 @@ class FeatureTables:
         unknown = set(disabled) - set(self.feature_names())
         if unknown:
             raise ValueError(f"unknown features {sorted(unknown)}; known: {self.feature_names()}")
+        if "ease_score" in disabled:  # nothing reads the EASE arrays then: do not ship them
+            empty = np.zeros((self.n_items, 0))
+            return replace(self, disabled=tuple(disabled), ease_neighbors=empty.astype(np.int32),
+                           ease_weights=empty.astype(np.float32))
         return replace(self, disabled=tuple(disabled))
 
 ARRAY_FIELDS = ("item_tokens", "affinity_labels", "label_field", "item_log_count", "neighbors",
-                "neighbor_weights", "time_edges", "item_time_counts")
+                "neighbor_weights", "time_edges", "item_time_counts", "ease_neighbors", "ease_weights")
 
 
 def has_global_time(split: Split) -> bool:
@@ -211,8 +233,19 @@ def time_count_table(frame: pd.DataFrame, n_items: int, n_bins: int = 64) -> tup
     return edges, np.cumsum(counts, axis=1, dtype=np.uint32)
 
 
+def ease_tables(split: Split, n_neighbors: int = EASE_NEIGHBORS) -> dict:
+    """The EASE feature's fields of `FeatureTables`, fitted on the train rows: each item's
+    strongest weights; nothing above EASE_MAX_ITEMS items."""
+    if split.n_items > EASE_MAX_ITEMS:
+        return {}
+    # float32 halves the solve's time and memory; the weights feed a feature, not a ranking alone.
+    neighbors, weights = strongest_weights(ease_weights(split.history("valid"), dtype=np.float32), n_neighbors)
+    return {"ease": True, "ease_neighbors": neighbors, "ease_weights": weights}
+
+
 def build_feature_tables(split: Split, item_tokens: TokenTable, time_features: bool | None = None,
-                         n_neighbors: int = 32, window: int = 3, time_bins: int = 64) -> FeatureTables:
+                         n_neighbors: int = 32, window: int = 3, time_bins: int = 64,
+                         ease: bool = True) -> FeatureTables:
     """Tables from the train interactions (like Pop, the counts never include held-out rows)."""
     train = split.train
     counts = np.bincount(train["i"].to_numpy(), minlength=split.n_items)
@@ -228,6 +261,7 @@ def build_feature_tables(split: Split, item_tokens: TokenTable, time_features: b
                          label_field=label_field, item_log_count=np.log1p(counts).astype(np.float32),
                          neighbors=neighbors, neighbor_weights=weights, time_edges=edges,
                          item_time_counts=time_counts, affinity_fields=fields,
+                         **(ease_tables(split) if ease else {}),
                          context_columns=tuple(split.context_columns), token_vocab=len(item_tokens.vocab))
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from recsys.data.history import History
 from recsys.pipeline.feature_tables import TIME_FEATURES, FeatureTables, item_time_features
@@ -70,6 +71,8 @@ class UserSide:
     recent_valid: np.ndarray  # [B, J] bool
     cooc_keys: np.ndarray  # sorted row * n_items + neighbour item
     cooc_sums: np.ndarray  # decayed neighbour weight per key
+    ease_keys: np.ndarray  # sorted row * n_items + item, the EASE neighbours of every seen item
+    ease_sums: np.ndarray  # summed EASE weight per key
     affinity_profile: np.ndarray | None  # [B, n_labels] share of recent items carrying each label
     token_keys: np.ndarray | None  # sorted unique row * vocab + token of the last few items
 
@@ -83,11 +86,12 @@ def user_side(tables: FeatureTables, history: History, item_vectors: np.ndarray)
                 / np.maximum(recent_valid.sum(1), 1))[:, None]
     last = recent[:, -RECENT_FOR_OVERLAP:]
     wanted = tables.wanted_groups
-    keys, sums = (_cooccurrence_sums(tables, recent) if wanted["cooc"]
-                  else (np.zeros(0, np.int64), np.zeros(0, np.float64)))
+    none = (np.zeros(0, np.int64), np.zeros(0, np.float64))
+    keys, sums = _cooccurrence_sums(tables, recent) if wanted["cooc"] else none
+    ease_keys, ease_sums = _ease_sums(tables, history.seen) if wanted["ease"] else none
     return UserSide(history_len=np.diff(history.seen.indptr).astype(np.float64), user_pop=user_pop,
                     recent_vecs=item_vectors[np.maximum(last, 0)], recent_valid=last >= 0,
-                    cooc_keys=keys, cooc_sums=sums,
+                    cooc_keys=keys, cooc_sums=sums, ease_keys=ease_keys, ease_sums=ease_sums,
                     affinity_profile=_affinity_profile(tables, recent) if wanted["affinity"] else None,
                     token_keys=_token_keys(tables, recent) if wanted["token"] else None)
 
@@ -162,6 +166,23 @@ def _cooccurrence_sums(tables: FeatureTables, recent: np.ndarray) -> tuple[np.nd
     return _sum_by_key((rows * np.int64(tables.n_items) + nbrs)[valid], weights[valid])
 
 
+def _ease_sums(tables: FeatureTables, seen: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted keys (row * n_items + item) of every seen item's EASE neighbours and their summed
+    weights: the EASE score of each such item (the truncated weights of `recsys.models.ease`)."""
+    rows = np.repeat(np.arange(seen.shape[0], dtype=np.int64), np.diff(seen.indptr))
+    nbrs = tables.ease_neighbors[seen.indices]  # [nnz, E]
+    valid = nbrs >= 0
+    keys = rows[:, None] * np.int64(tables.n_items) + nbrs
+    return _sum_by_key(keys[valid], tables.ease_weights[seen.indices][valid])
+
+
+def _keyed(keys: np.ndarray, sums: np.ndarray, n_items: int, cands: np.ndarray) -> np.ndarray:
+    """Each candidate's summed weight under its row's key (0 where it has none)."""
+    query = np.arange(len(cands), dtype=np.int64)[:, None] * np.int64(n_items) + cands
+    found, pos = _lookup_sorted(keys, query)
+    return np.where(found, sums[pos] if len(keys) else 0.0, 0.0)
+
+
 def _sum_by_key(keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted unique ``keys`` and the float64 sum of their ``weights`` (in input order, like
     np.bincount over np.unique's inverse, without np.unique's per-call overhead)."""
@@ -180,9 +201,7 @@ def _run_starts(sorted_keys: np.ndarray) -> np.ndarray:
 
 def _cooccurrence(tables: FeatureTables, user: UserSide, cands: np.ndarray) -> np.ndarray:
     """Sum over the last few items of the candidate's neighbour weight, most recent weighted most."""
-    query = np.arange(len(cands), dtype=np.int64)[:, None] * np.int64(tables.n_items) + cands
-    found, pos = _lookup_sorted(user.cooc_keys, query)
-    return np.where(found, user.cooc_sums[pos] if len(user.cooc_keys) else 0.0, 0.0)
+    return _keyed(user.cooc_keys, user.cooc_sums, tables.n_items, cands)
 
 
 def _similarity(user: UserSide, cand_vecs: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -268,6 +287,8 @@ def build_features(tables: FeatureTables, history: History, cands: np.ndarray, s
                item_pop, np.log1p(user.history_len)[:, None], user.user_pop, item_pop - user.user_pop]
     columns += group(["cooc_recent"], lambda: [_cooccurrence(tables, user, safe)])
     columns += group(["sim_last", "sim_recent_max"], lambda: list(_similarity(user, cand_vecs)))
+    if tables.has_ease:
+        columns += group(["ease_score"], lambda: [_keyed(user.ease_keys, user.ease_sums, tables.n_items, safe)])
     if tables.affinity_fields:
         columns += group([f"affinity:{name}" for name in tables.affinity_fields],
                          lambda: _affinity(tables, user.affinity_profile, safe))

@@ -23,7 +23,17 @@ from recsys.models.ranker import RankerConfig
 from recsys.models.two_tower import TwoTowerConfig
 from recsys.pipeline.feature_tables import build_feature_tables
 from recsys.split import GATE_EVENTS, Split, temporal_split
-from recsys.train.model_dir import RANKER, RANKING_FEATURES, ModelDirError, load_trained, save_ranker, save_towers
+from recsys.train.model_dir import (
+    CONFIG,
+    RANKER,
+    RANKING_FEATURES,
+    ModelDirError,
+    load_config,
+    load_trained,
+    save_json,
+    save_ranker,
+    save_towers,
+)
 from recsys.train.ranker import EXAMPLE_SOURCES, RankerTrainConfig, holdout_retriever, train_ranker
 from recsys.train.towers import TowerTrainConfig, train_two_tower
 
@@ -59,11 +69,18 @@ def train_ranker_into(out: Path, split: Split, cfg: RankerTrainConfig, ranker_sh
     result = train_ranker(split, trained.towers, tables, cfg, ranker_shape, source)
     result.tables.save(out / RANKING_FEATURES)
     summary = {"loss": result.loss, "best_epoch": result.best_epoch, "valid_NDCG@10": result.best_ndcg,
-               "retrieval_valid_NDCG@10": result.retrieval_ndcg, "examples": result.n_examples,
+               "retrieval_valid_NDCG@10": result.retrieval_ndcg, "kept": result.kept, "examples": result.n_examples,
                "positive_retrieved": round(result.positive_recall, 4), "seconds": round(result.seconds, 1),
                "runs": result.runs}
-    save_ranker(out, result.model, {"ranker": result.model.cfg.to_dict(), "ranker_training": cfg.to_dict(),
-                                    "ranker_result": summary})
+    updates = {"ranker_training": cfg.to_dict(), "ranker_result": summary}
+    if not result.kept:
+        (out / RANKER).unlink(missing_ok=True)
+        save_json(out / CONFIG, {key: value for key, value in {**load_config(out), **updates}.items()
+                                 if key != "ranker"})
+        log.warning("ranker not kept: valid NDCG@10 %.4f <= retrieval alone %.4f; %s serves retrieval alone",
+                    result.best_ndcg, result.retrieval_ndcg, out)
+        return summary
+    save_ranker(out, result.model, {"ranker": result.model.cfg.to_dict(), **updates})
     log.info("saved ranker to %s (%s loss, valid NDCG@10 %.4f vs retrieval %.4f, %.0f s)", out, result.loss,
              result.best_ndcg, result.retrieval_ndcg, result.seconds)
     return summary

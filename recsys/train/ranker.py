@@ -118,6 +118,12 @@ class RankerTrainResult:
     positive_recall: float = 0.0
     seconds: float = 0.0
 
+    @property
+    def kept(self) -> bool:
+        """Whether the pipeline keeps this ranker: only one that beats retrieval alone on validation
+        (the teacher and the students follow the same rule)."""
+        return self.best_ndcg > self.retrieval_ndcg
+
 
 def prefix_requests(split: Split, cfg: RankerTrainConfig, rng: np.random.Generator):
     """Each user's last ``positives_per_user`` train interactions as requests made just before them.

@@ -108,3 +108,25 @@ def test_a_student_without_costly_features_skips_their_user_side_and_keeps_the_r
     assert expected["token_overlap"].any() and expected["cooc_recent"].any()  # what is dropped was not zero
     for name in full.feature_names():
         assert got[name] == pytest.approx(0.0 if name in dropped else expected[name]), name
+
+
+def test_the_ease_feature_is_the_ease_score_over_each_items_strongest_weights(checkerboard, checkerboard_split):
+    from recsys.data.tokens import build_token_table
+    from recsys.models.ease import ease_weights
+
+    tokens = build_token_table(checkerboard.items, "item_id", checkerboard_split.items)
+    tables = build_feature_tables(checkerboard_split, tokens)
+    assert tables.has_ease and "ease_score" in tables.feature_names()
+    weights = ease_weights(checkerboard_split.history("valid"), dtype=np.float32)
+    kept = np.zeros_like(weights)  # each row's strongest positive weights, as the tables keep them
+    rows = np.repeat(np.arange(len(weights)), tables.ease_neighbors.shape[1])
+    valid = tables.ease_neighbors.ravel() >= 0
+    kept[rows[valid], tables.ease_neighbors.ravel()[valid]] = weights[rows[valid], tables.ease_neighbors.ravel()[valid]]
+    history = checkerboard_split.user_history("test")
+    cands = np.tile(np.arange(checkerboard_split.n_items), (checkerboard_split.n_users, 1))
+    item_vectors = np.zeros((checkerboard_split.n_items, 4), np.float32)
+    features = build_features(tables, history, cands, np.zeros(cands.shape), item_vectors[cands], item_vectors)
+    got = features[..., tables.feature_names().index("ease_score")]
+    expected = np.asarray(history.seen @ kept)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert (expected > 0).any()

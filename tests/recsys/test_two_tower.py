@@ -136,3 +136,78 @@ def test_export_view_with_folded_tables_answers_like_the_model(checkerboard, che
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
     assert not torch.allclose(got[0], got[1])  # a table of identical rows would pass the check above
+
+
+def _causal_model(n_items: int = 12, history_len: int = 6):
+    from recsys.models.two_tower import TwoTower, TwoTowerConfig
+
+    torch.manual_seed(0)
+    cfg = TwoTowerConfig(n_users=3, n_items=n_items, dim=8, hidden=16, history_len=history_len, dropout=0.0,
+                         encoder="causal", blocks=2, heads=2)
+    no_tokens = torch.zeros((n_items, 1), dtype=torch.long)
+    return TwoTower(cfg, no_tokens, 1, torch.zeros((3, 1), dtype=torch.long), 1).eval()
+
+
+def test_causal_encoder_slots_see_only_earlier_items_and_the_last_slot_is_the_user():
+    model = _causal_model()
+    users1 = torch.tensor([1, 1])
+    history1 = torch.tensor([[0, 3, 5, 2, 7, 4], [0, 3, 5, 2, 9, 11]])  # differ from slot 4 on
+    with torch.no_grad():
+        slots = model.slot_vectors(users1, history1)
+        users = model.user_vectors(users1, history1)
+    torch.testing.assert_close(slots[0, 1:4], slots[1, 1:4])  # slots before the change are causal
+    assert not torch.allclose(slots[0, 4], slots[1, 4])
+    torch.testing.assert_close(users, slots[:, -1])
+
+
+def test_causal_user_tower_exports_to_onnx_and_answers_like_the_model(tmp_path):
+    from compression.export import export_onnx, make_session
+    from recsys.models.two_tower import UserTower
+
+    model = _causal_model()
+    view = UserTower(model).eval()
+    users1 = torch.tensor([1, 0, 2])
+    history1 = torch.tensor([[0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 3, 5], [1, 2, 3, 4, 5, 6]])  # none, short, full
+    path = tmp_path / "user_tower.onnx"
+    export_onnx(view, {"users1": users1[:2], "history1": history1[:2]}, ["user_vec"], path)  # another batch size
+    got = make_session(path).run(None, {"users1": users1.numpy(), "history1": history1.numpy()})[0]
+    with torch.no_grad():
+        expected = model.user_vectors(users1, history1).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-4)
+    assert np.isfinite(got).all() and not np.allclose(got[1], got[2])
+
+
+def test_sequence_windows_score_every_later_interaction_once_after_its_own_history(checkerboard_split):
+    from recsys.train.towers import SequenceWindows
+
+    windows = SequenceWindows(checkerboard_split, history_len=4)
+    users1, history1, targets, scored = windows.batch(np.arange(len(windows)))
+    train = checkerboard_split.train
+    position = train.groupby("u", sort=False).cumcount().to_numpy()
+    expected = sorted(zip(train["u"].to_numpy()[position >= 1], train["i"].to_numpy()[position >= 1], strict=True))
+    got = sorted(zip(np.repeat(users1.numpy() - 1, 4).reshape(-1, 4)[scored.numpy()],
+                     targets.numpy()[scored.numpy()], strict=True))
+    assert got == expected  # each interaction after a user's first, exactly once
+    assert (history1.numpy()[scored.numpy()] > 0).all()  # a scored slot holds a real item as its input
+    # The slot's input is the interaction right before its target in the user's sequence.
+    items = train["i"].to_numpy()
+    row_of = {(u, i): row for row, (u, i) in enumerate(zip(train["u"].to_numpy(), items, strict=True))}
+    for b, j in zip(*np.nonzero(scored.numpy()), strict=True):
+        target_row = row_of[int(users1[b]) - 1, int(targets[b, j])]
+        assert int(history1[b, j]) - 1 == items[target_row - 1]
+
+
+def test_a_causal_teacher_learns_the_checkerboard(checkerboard, checkerboard_split):
+    from recsys.index import build_index
+
+    model = train_tiny(checkerboard_split, checkerboard, model={"encoder": "causal", "blocks": 1},
+                       windows_per_batch=16).model
+    recommender = TwoTowerRecommender(model)
+    recommender.index = build_index(recommender.item_vectors, "Flat")
+    metrics, _ = evaluate_model(recommender, checkerboard_split, "test")
+    assert metrics["HR@10"] == 1.0
+
+
+def test_the_sequence_objective_needs_the_causal_encoder(checkerboard, checkerboard_split):
+    with pytest.raises(ValueError, match="causal encoder"):
+        train_tiny(checkerboard_split, checkerboard, objective="sequence")

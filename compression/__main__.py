@@ -48,7 +48,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-steps-per-epoch", type=int, default=None)
     parser.add_argument("--student-disabled-features", default="auto",
                         help="comma-separated ranker features the students do without; 'auto' (default): the "
-                             "content-overlap ones (affinity:*, token_overlap); '': none")
+                             "content-overlap ones (affinity:*, token_overlap) and ease_score; '': none")
+    parser.add_argument("--tower-distill-weight", type=float, default=1.0,
+                        help="scale of the teacher's signals (in-batch KL, top-K ranking) in the distilled "
+                             "student's towers (0: its towers learn from the data alone)")
     parser.add_argument("--ranker-distill-weight", type=float, default=1.0,
                         help="weight of the teacher ranker's list KL in the distilled student's ranker (0: off)")
     parser.add_argument("--ranker-distill-temperature", type=float, default=2.0)
@@ -63,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="train the two students one after the other (default: in parallel with 2+ cores)")
     parser.add_argument("--reports-dir", default="reports/compression")
     args = parser.parse_args(argv)
+    if args.tower_distill_weight < 0:
+        parser.error(f"--tower-distill-weight must be >= 0, got {args.tower_distill_weight}")
     if args.ranker_distill_weight < 0 or args.ranker_distill_temperature <= 0:
         parser.error("--ranker-distill-weight must be >= 0 and --ranker-distill-temperature > 0")
     if not 0 < args.threshold <= 1.5:
@@ -78,7 +83,8 @@ def config_from(args: argparse.Namespace) -> CompressConfig:
                             disabled_features=args.student_disabled_features)
     ranker_distill = None if args.ranker_distill_weight == 0 else RankerDistillConfig(
         args.ranker_distill_weight, args.ranker_distill_temperature)
-    return CompressConfig(student=student, distill=TowerDistillConfig(), ranker_distill=ranker_distill,
+    return CompressConfig(student=student, distill=TowerDistillConfig.scaled(args.tower_distill_weight),
+                          ranker_distill=ranker_distill,
                           threshold=args.threshold, control_noise=args.control_noise,
                           latency_requests=args.latency_requests, eval_users=args.eval_users,
                           publish=not args.no_publish, parallel_students=not args.sequential,

@@ -50,7 +50,7 @@ class GateFailed(RuntimeError):
 @dataclass
 class CompressConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
-    distill: TowerDistillConfig = field(default_factory=TowerDistillConfig)
+    distill: TowerDistillConfig | None = field(default_factory=TowerDistillConfig)  # None: towers learn alone
     ranker_distill: RankerDistillConfig | None = field(default_factory=RankerDistillConfig)
     threshold: float = 0.97
     # > 0: also measure "compressed-damaged", the distilled student with this much noise on its

@@ -48,6 +48,14 @@ class TowerDistillConfig:
     rank_topk: int = 10
     rank_decay: float = 5.0  # position weights exp(-rank / decay)
 
+    @classmethod
+    def scaled(cls, weight: float) -> TowerDistillConfig | None:
+        """Both teacher signals at ``weight`` x their defaults; None (no distillation) at 0."""
+        if weight == 0:
+            return None
+        default = cls()
+        return cls(kl_weight=default.kl_weight * weight, rank_weight=default.rank_weight * weight)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

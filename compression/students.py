@@ -101,9 +101,7 @@ def _train_student_ranker(trained, split, tables, cfg, model_cfg, towers_result,
     if ranker_distill is not None:
         ranker_cfg = replace(ranker_cfg, distill_weight=ranker_distill.weight,
                              distill_temperature=ranker_distill.temperature)
-        teacher_pipeline = towers_pipeline(trained.towers, tables)
-        teacher_pipeline.score_candidates = TorchRankerScorer(trained.ranker)
-        teacher = ListTeacher(teacher_pipeline, ranker_cfg.n_candidates)
+        teacher = ListTeacher(holdout_teacher_pipeline(trained, split, tables), ranker_cfg.n_candidates)
     source = partial(holdout_retriever, split, model_cfg.to_dict(), tower_train_config(trained, cfg).to_dict(),
                      towers_result.best_epoch, trained.item_tokens, trained.user_tokens, cfg=ranker_cfg)
     shape = {"width": cfg.ranker_width, "depth": cfg.ranker_depth, "n_cross": cfg.ranker_cross}
@@ -118,6 +116,24 @@ def _train_student_ranker(trained, split, tables, cfg, model_cfg, towers_result,
                     ranked.retrieval_ndcg)
         return None, tables
     return ranked.model, ranked.tables
+
+
+def holdout_teacher_pipeline(trained: TrainedModel, split: Split, tables: FeatureTables):
+    """The teacher pipeline its ranker was trained in: towers and tables refitted without each
+    user's last train interactions (`holdout_retriever`, the teacher's own config and seed), its
+    ranker on top. The student ranker's training lists are built from those very interactions;
+    the full teacher's towers and its EASE / co-occurrence tables were fitted on them, so its
+    logits would know the positives as no live request's do, and the student would learn to
+    trust signals it cannot see (measured on ml-100k: the distilled student fell below the one
+    trained alone, 0.964 [0.935, 0.993] of it)."""
+    stored = trained.config.get("ranker_training", {})
+    cfg = RankerTrainConfig(**{k: v for k, v in stored.items() if k in RankerTrainConfig.__dataclass_fields__})
+    towers, prefix_tables = holdout_retriever(split, trained.config["towers"], trained.config["tower_training"],
+                                              trained.config["tower_result"]["best_epoch"], trained.item_tokens,
+                                              trained.user_tokens, tables, cfg=cfg)
+    pipeline = towers_pipeline(towers, prefix_tables)
+    pipeline.score_candidates = TorchRankerScorer(trained.ranker)
+    return pipeline
 
 
 def teacher_student(trained: TrainedModel, tables: FeatureTables | None) -> Student:

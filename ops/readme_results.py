@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from compression.report import CARD_COLUMNS, gate_lines, variant_table
+from compression.report import CARD_COLUMNS, distillation_line, gate_lines, variant_table
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ def card_section(card_path: Path) -> list[str]:
         "event per user, no intervals; rebuild it to refresh.", ""]
     lines = [f"### Compression report card: {card['dataset']}", "", *scored,
              *variant_table(card["variants"], CARD_COLUMNS), "", *gate_lines(card), "",
+             *([distillation_line(card), ""] if distillation_line(card) else []),
              "Ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in card.get("ratios", {}).items()), ""]
     if png.exists():
         lines += [f"![Pareto chart {card['dataset']}]({png.as_posix()})", ""]

@@ -171,7 +171,7 @@ def holdout_retriever(split: Split, tower_config: dict, tower_training: dict, be
     log.info("holdout towers: %d of %d train rows, %d epochs", len(prefix.train), len(split.train), best_epoch)
     train_cfg = TowerTrainConfig(**{**tower_training, "epochs": best_epoch, "patience": best_epoch + 1})
     result = train_two_tower(prefix, TwoTowerConfig(**tower_config), train_cfg, item_tokens, user_tokens)
-    prefix_tables = build_feature_tables(prefix, item_tokens, time_features=tables.has_time)
+    prefix_tables = build_feature_tables(prefix, item_tokens, time_features=tables.has_time, ease=tables.has_ease)
     return result.model, prefix_tables.without(tables.disabled)
 
 

@@ -57,6 +57,14 @@ def test_compress_writes_card_and_serving_bundles(trained, capsys):
     assert gate["passed"] == (gate["interval"][1] >= 0.3) and "95 % interval" in gate["decision"]
     by_name = {row["name"]: row for row in card["variants"]}
     assert by_name["compressed"]["bytes"] < by_name["teacher-fp32"]["bytes"] / 2
+    # What distillation bought: distilled vs alone, paired, and the share of the gap it closed.
+    record = card["distillation"]
+    assert record["alone"] == by_name["student-fp32-nokd"]["NDCG@10"] and record["distilled"] == by_name[
+        "student-fp32"]["NDCG@10"]
+    assert record["interval"][0] <= record["ratio"] <= record["interval"][1]
+    gap = by_name["teacher-fp32"]["NDCG@10"] - record["alone"]
+    assert record["gap_closed"] == (pytest.approx(record["difference"] / gap) if gap > 0 else None)
+    assert "Distillation: student-fp32 (distilled)" in (out / "card.md").read_text()
     assert card["gate"]["passed"] and (out / "card.md").exists() and (out / "card.png").stat().st_size > 1000
     for root_name in ("teacher", "compressed"):
         assert current_version(out / root_name)

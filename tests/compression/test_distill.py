@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 import compression.distill as distill
@@ -43,3 +44,17 @@ def test_distillation_loss_is_finite_and_trains_the_student():
     loss.backward()
     assert torch.isfinite(loss) and loss.item() > 0
     assert student.user_mlp[0].weight.grad.abs().sum() > 0
+
+
+def test_tower_distill_weight_scales_both_signals_and_zero_turns_them_off():
+    from compression.__main__ import config_from, parse_args
+    from compression.distill import TowerDistillConfig
+
+    base = ["--model", "m", "--dataset", "ml-100k", "--out", "o"]
+    assert config_from(parse_args(base)).distill == TowerDistillConfig()
+    half = config_from(parse_args([*base, "--tower-distill-weight", "0.5"])).distill
+    assert (half.kl_weight, half.rank_weight) == (0.5 * TowerDistillConfig().kl_weight,
+                                                   0.5 * TowerDistillConfig().rank_weight)
+    assert config_from(parse_args([*base, "--tower-distill-weight", "0"])).distill is None
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--tower-distill-weight", "-1"])

@@ -118,3 +118,18 @@ def test_list_distillation_pulls_toward_the_teacher_and_ignores_empty_slots():
     assert loss.item() > 0.1
     assert student.grad[0, 0] < 0 < student.grad[0, 2]  # raise the teacher's favourite, lower its last
     assert student.grad[0, 3] == 0
+
+
+def test_a_ranker_that_does_not_beat_retrieval_is_not_kept(log_files, monkeypatch, caplog):
+    """The teacher follows the students' rule: a ranker no better than retrieval alone on
+    validation is dropped, and the model dir serves retrieval alone (and says so)."""
+    from recsys.train import ranker
+
+    monkeypatch.setattr(ranker.RankerTrainResult, "kept", property(lambda self: False))
+    out, metrics = train_and_evaluate(log_files, "ranker-lost", "--ranker-loss", "softmax")
+    config = json.loads((out / "config.json").read_text())
+    assert config["ranker_result"]["kept"] is False and "ranker" not in config
+    assert not (out / "ranker.pt").exists() and (out / RANKING_FEATURES).exists()
+    assert load_trained(out).ranker is None
+    assert metrics["full"]["NDCG@10"] == pytest.approx(metrics["retrieval"]["NDCG@10"])
+    assert "ranker not kept" in caplog.text

@@ -65,10 +65,13 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def markdown(datasets: dict) -> str:
-    lines = ["# Does distillation transfer? Seeds", "", __doc__.split("\n\n")[1].replace("\n", " "), ""]
+    lines = ["# Does distillation transfer? Seeds", "", __doc__.split("\n\n")[2].replace("\n", " "), ""]
     for name, record in datasets.items():
         rows, stats = record["rows"], record["summary"]
-        lines += [f"## {name}", "", f"Teacher `{record['model']}`; scored on {rows[0]['scored_on']}.", "",
+        extra = f" --compress-args {' '.join(record['compress_args'])}" if record["compress_args"] else ""
+        command = (f"python -m benchmarks.bench_distill --dataset {name} --model {record['model']} --seeds "
+                   f"{' '.join(str(row['seed']) for row in rows)}{extra}")
+        lines += [f"## {name}", "", f"`{command}`; scored on {rows[0]['scored_on']}.", "",
                   "| seed | teacher | alone | distilled | compressed | distilled - alone | distilled / alone [95 %] "
                   "| gap closed | published | student s (alone / distilled) | run s |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]

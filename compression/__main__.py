@@ -49,9 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--student-disabled-features", default="auto",
                         help="comma-separated ranker features the students do without; 'auto' (default): the "
                              "content-overlap ones (affinity:*, token_overlap) and ease_score; '': none")
-    parser.add_argument("--tower-distill-weight", type=float, default=1.0,
+    parser.add_argument("--tower-distill-weight", type=float, default=0.0,
                         help="scale of the teacher's signals (in-batch KL, top-K ranking) in the distilled "
-                             "student's towers (0: its towers learn from the data alone)")
+                             "student's towers; default 0 (its towers learn from the data alone): on ml-100k "
+                             "every setting tried cost the student quality (reports/compression/distill/seeds.md)")
     parser.add_argument("--ranker-distill-weight", type=float, default=1.0,
                         help="weight of the teacher ranker's list KL in the distilled student's ranker (0: off)")
     parser.add_argument("--ranker-distill-temperature", type=float, default=2.0)

@@ -50,7 +50,8 @@ class GateFailed(RuntimeError):
 @dataclass
 class CompressConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
-    distill: TowerDistillConfig | None = field(default_factory=TowerDistillConfig)  # None: towers learn alone
+    # None: the distilled student's towers learn from the data alone (the default: see --tower-distill-weight)
+    distill: TowerDistillConfig | None = None
     ranker_distill: RankerDistillConfig | None = field(default_factory=RankerDistillConfig)
     threshold: float = 0.97
     # > 0: also measure "compressed-damaged", the distilled student with this much noise on its

@@ -81,7 +81,13 @@ class TowerDistiller:
 
     @torch.no_grad()
     def _teacher_view(self, users1, history1, targets):
-        user_vec = self.teacher.user_vectors(users1, history1)
+        # The teacher sees the history, not the user id: its id embeddings memorised each user's
+        # whole train sequence, so with them its top-K for an early prefix holds that user's later
+        # items, and a student taught to rank those first learned to memorise instead of to follow
+        # the sequence (measured on ml-100k: tower distillation cost the student 0.007 NDCG@10 on
+        # the gate's events). Teachers train with user-id dropout, so the history-only view is one
+        # they know.
+        user_vec = self.teacher.user_vectors(torch.zeros_like(users1), history1)
         inbatch = user_vec @ self.teacher_items[targets].T * self.teacher.inv_temperature
         return inbatch, self._teacher_top(user_vec, history1)
 

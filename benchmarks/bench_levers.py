@@ -48,8 +48,8 @@ def lever_rows(models: dict[str, str], reference: str, split, split_name: str, s
     return rows
 
 
-def section(title: str, rows: list[dict], reference: str, command: str) -> str:
-    lines = [f"## {title}", "", f"`{command}`", "",
+def section(title: str, rows: list[dict], reference: str, command: str, note: str = "") -> str:
+    lines = [f"## {title}", "", f"`{command}`", "", *([note, ""] if note else []),
              f"| model | NDCG@10 [95 %] | / {reference} [paired 95 %] | dir |", "|---|---|---|---|"]
     for row in rows:
         low, high = row["NDCG@10_ci"]
@@ -67,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stage", choices=("full", "retrieval"), default="full")
     parser.add_argument("--split", choices=("test", "valid"), default="test")
     parser.add_argument("--title", help="section title (default: dataset, stage, split)")
+    parser.add_argument("--note", default="", help="how the models were trained (printed under the command)")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
@@ -89,12 +90,13 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     record_path = out / "levers.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    record[title] = {"command": command, "reference": reference, "rows": rows}
+    record[title] = {"command": command, "reference": reference, "rows": rows, "note": args.note}
     record_path.write_text(json.dumps(record, indent=2))
     text = "# Teacher levers, paired\n\n" + __doc__.split("\n\n")[1].replace("\n", " ") + "\n\n" + "\n".join(
-        section(name, entry["rows"], entry["reference"], entry["command"]) for name, entry in record.items())
+        section(name, entry["rows"], entry["reference"], entry["command"], entry.get("note", ""))
+        for name, entry in record.items())
     (out / "levers.md").write_text(text)
-    sys.stdout.write(section(title, rows, reference, command))
+    sys.stdout.write(section(title, rows, reference, command, args.note))
     return 0
 
 

@@ -62,6 +62,10 @@ def _load(environment: Environment, **_kwargs) -> None:
     log.info("sampling %d known users and %d items from bundle %s; mix=%s, rate=%s req/s per user",
              Shop.population.n_known_users, Shop.population.n_items, Shop.population.version, Shop.config.mix,
              Shop.config.rate or "unpaced")
+    # Locust schedules --run-time on the event loop's cached clock, last updated before this
+    # module's imports and the bundle load: on a busy machine those take longer than a short
+    # run, and the run then ends before its first request. Refresh the clock here.
+    gevent.get_hub().loop.update_now()
 
 
 @events.request.add_listener

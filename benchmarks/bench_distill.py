@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.bench_gate import compress_seeds  # noqa: E402
+from benchmarks.plots import finish_axes, save_figure  # noqa: E402
 from recsys.data.datasets import DEFAULT_DATA_DIR  # noqa: E402
 
 log = logging.getLogger("benchmarks.bench_distill")
@@ -99,14 +100,8 @@ def plot(datasets: dict, path: Path) -> None:
         for offset, role, color in ((-0.15, "teacher", "black"), (-0.05, "alone", "tab:orange"),
                                     (0.05, "distilled", "tab:blue"), (0.15, "compressed", "tab:green")):
             ax.plot(seeds + offset, [row[role] for row in record["rows"]], "o", color=color, label=role)
-        ax.set_xlabel("seed")
-        ax.set_ylabel("NDCG@10 (gate events)")
-        ax.set_title(f"Distillation over seeds: {name}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        finish_axes(ax, "seed", "NDCG@10 (gate events)", f"Distillation over seeds: {name}")
+    save_figure(fig, path)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

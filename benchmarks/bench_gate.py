@@ -34,6 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
+from benchmarks.plots import finish_axes, save_figure  # noqa: E402
 from recsys.data.datasets import DEFAULT_DATA_DIR, load_dataset  # noqa: E402
 from recsys.evaluate.backtest import backtest, split_rows_as_log  # noqa: E402
 from recsys.evaluate.paired import CONFIDENCE, Resampler, UserScores, event_scores, percentiles  # noqa: E402
@@ -117,14 +118,8 @@ def run_power(args: argparse.Namespace) -> None:
     js = [row["events_per_user"] for row in rows]
     ax.plot(js, [row["refused_at_or_below"] for row in rows], marker="o", label="refused (p=0.95) at or below")
     ax.axhline(THRESHOLD, color="grey", ls="--", lw=1, label=f"threshold {THRESHOLD}")
-    ax.set_xlabel("gate events per user")
-    ax.set_ylabel("compressed / teacher NDCG@10")
-    ax.set_title(f"Gate power: {args.dataset}")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "power.png", dpi=120)
-    plt.close(fig)
+    finish_axes(ax, "gate events per user", "compressed / teacher NDCG@10", f"Gate power: {args.dataset}", 8)
+    save_figure(fig, out / "power.png")
     sys.stdout.write((out / "power.md").read_text())
 
 
@@ -241,14 +236,8 @@ def seeds_png(flows: dict, path: Path) -> None:
             ax.errorbar(seeds, ratios, yerr=[ratios - intervals[:, 0], intervals[:, 1] - ratios], fmt="o",
                         capsize=4, color=color, label=label)
         ax.axhline(record["threshold"], color="grey", ls="--", lw=1, label=f"threshold {record['threshold']}")
-        ax.set_xlabel("seed")
-        ax.set_ylabel("NDCG@10 ratio, 95 % interval")
-        ax.set_title(f"Gate decisions: {flow}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        finish_axes(ax, "seed", "NDCG@10 ratio, 95 % interval", f"Gate decisions: {flow}", loc="lower left")
+    save_figure(fig, path)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -45,9 +45,9 @@ class FeatureTables:
     time_edges: np.ndarray  # [n_bins + 1] int64 bin edges; empty = no time features
     item_time_counts: np.ndarray  # [n_items, n_bins + 1] uint32 interactions before each edge
     # [n_items, E] int32 / float32 each item's strongest EASE weights (`recsys.models.ease`), -1 =
-    # none; empty when the tables have no EASE feature (``ease`` False: a large catalogue, or tables
+    # none; empty when the tables have no EASE feature (``has_ease`` False: a large catalogue, or tables
     # saved before it existed) or have it disabled (a student: the arrays are not shipped)
-    ease: bool = False
+    has_ease: bool = False
     ease_neighbors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int32))
     ease_weights: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     affinity_fields: tuple[str, ...] = ()
@@ -58,10 +58,6 @@ class FeatureTables:
     @property
     def n_items(self) -> int:
         return len(self.item_log_count)
-
-    @property
-    def has_ease(self) -> bool:
-        return self.ease
 
     @property
     def has_time(self) -> bool:
@@ -142,7 +138,7 @@ class FeatureTables:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Named arrays (what a bundle's ``ranking_features.npz`` holds); `from_arrays` inverts it."""
         meta = {"affinity_fields": self.affinity_fields, "context_columns": self.context_columns,
-                "disabled": self.disabled, "token_vocab": self.token_vocab, "ease": self.ease}
+                "disabled": self.disabled, "token_vocab": self.token_vocab, "ease": self.has_ease}
         return {"meta": np.array(json.dumps(meta)), **{name: getattr(self, name) for name in ARRAY_FIELDS}}
 
     @classmethod
@@ -151,7 +147,7 @@ class FeatureTables:
         return cls(**{name: arrays[name] for name in ARRAY_FIELDS if name in arrays},
                    affinity_fields=tuple(meta["affinity_fields"]), context_columns=tuple(meta["context_columns"]),
                    disabled=tuple(meta["disabled"]), token_vocab=int(meta["token_vocab"]),
-                   ease=bool(meta.get("ease", arrays.get("ease_neighbors", np.zeros(0)).size > 0)))
+                   has_ease=bool(meta.get("ease", arrays.get("ease_neighbors", np.zeros(0)).size > 0)))
 
     def save(self, path: Path) -> None:
         with open(path, "wb") as handle:
@@ -240,7 +236,7 @@ def ease_tables(split: Split, n_neighbors: int = EASE_NEIGHBORS) -> dict:
         return {}
     # float32 halves the solve's time and memory; the weights feed a feature, not a ranking alone.
     neighbors, weights = strongest_weights(ease_weights(split.history("valid"), dtype=np.float32), n_neighbors)
-    return {"ease": True, "ease_neighbors": neighbors, "ease_weights": weights}
+    return {"has_ease": True, "ease_neighbors": neighbors, "ease_weights": weights}
 
 
 def build_feature_tables(split: Split, item_tokens: TokenTable, time_features: bool | None = None,

@@ -87,7 +87,7 @@ class NextItemExamples:
                 torch.from_numpy(self.items[rows]))
 
 
-class SequenceWindows:
+class SequenceWindows(NextItemExamples):
     """Train histories cut into windows of ``history_len`` slots for the sequence objective.
 
     A window ends at train row r: slot j holds the item ``lag = history_len - j`` rows before r
@@ -97,16 +97,10 @@ class SequenceWindows:
     ``history_len - stride`` items of context where the user has them."""
 
     def __init__(self, split: Split, history_len: int):
-        train = split.train
-        self.users = train["u"].to_numpy(np.int64)
-        self.items = train["i"].to_numpy(np.int64)
-        self.position = train.groupby("u", sort=False).cumcount().to_numpy(np.int64)
-        remaining = train.groupby("u", sort=False)["i"].transform("size").to_numpy(np.int64) - 1 - self.position
-        self.history_len = history_len
+        super().__init__(split, history_len)
+        remaining = split.train.groupby("u", sort=False)["i"].transform("size").to_numpy(np.int64) - 1 - self.position
         self.stride = max(1, history_len // 2)
         self.ends = np.flatnonzero((remaining % self.stride == 0) & (self.position >= 1))
-        counts = np.bincount(self.items, minlength=split.n_items).astype(np.float64)
-        self.log_q = torch.from_numpy(np.log(np.maximum(counts, 1.0) / counts.sum()).astype(np.float32))
 
     def __len__(self) -> int:
         return len(self.ends)

@@ -31,14 +31,17 @@ lint: setup
 # Two tiers: `test-fast` for the edit loop (tiny artifacts, no real datasets, Locust or retrain);
 # the end-to-end tests are marked `slow`. `make test` (what CI runs) runs both and times each.
 PYTEST := $(BIN)/python -m pytest -q
+# The fast tier runs on every core (whole files per worker, so module fixtures are built once);
+# the slow tier stays serial: its load tests and servers measure time.
+FAST_WORKERS ?= -n auto --dist loadfile
 timed = start=$$(date +%s); $(2); status=$$?; echo "$(1) tier: $$(( $$(date +%s) - start )) s"; exit $$status
 
 test: setup lint
-	@$(call timed,fast,$(PYTEST) -m "not slow")
+	@$(call timed,fast,$(PYTEST) $(FAST_WORKERS) -m "not slow")
 	@$(call timed,slow,$(PYTEST) -m slow)
 
 test-fast: setup
-	@$(call timed,fast,$(PYTEST) -m "not slow")
+	@$(call timed,fast,$(PYTEST) $(FAST_WORKERS) -m "not slow")
 
 test-slow: setup
 	@$(call timed,slow,$(PYTEST) -m slow)

@@ -246,6 +246,11 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     return index.search(queries, k)
 
 
+def skips_inside(index: faiss.Index) -> bool:
+    """Whether `search_one_without` can skip ids inside this index's scan (flat and SQ indexes)."""
+    return isinstance(index, (faiss.IndexFlat, faiss.IndexScalarQuantizer))
+
+
 def search_one_without(index: faiss.Index, query: np.ndarray, k: int,
                        banned: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Top-``k`` for one query row with the ``banned`` ids skipped inside FAISS, or None when
@@ -253,7 +258,7 @@ def search_one_without(index: faiss.Index, query: np.ndarray, k: int,
     efSearch from the same search parameters, so they keep the over-fetch-and-filter path).
 
     Skipping inside the scan keeps the heap at ``k`` instead of k + len(banned)."""
-    if not isinstance(index, (faiss.IndexFlat, faiss.IndexScalarQuantizer)):
+    if not skips_inside(index):
         return None
     query = _as_rows(query, "queries")
     _check_dim(query, index.d, "queries")

@@ -16,8 +16,10 @@ from fastapi.concurrency import run_in_threadpool
 
 from recsys.data.events import EventStore
 from recsys.index import set_faiss_threads
+from serving.batcher import Batcher, BatchStats
 from serving.errors import BodySizeLimit, install_error_handlers
 from serving.metrics import MetricsMiddleware, ServingMetrics
+from serving.model_calls import run_calls
 from serving.overlay import OverlayFeeder
 from serving.routes import Services, build_router
 from serving.settings import Settings
@@ -28,14 +30,15 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings) -> FastAPI:
     metrics = ServingMetrics()
-    services = Services(settings, ModelState(settings, metrics), metrics)
+    services = Services(settings, ModelState(settings, metrics), metrics, model_batcher(settings, metrics))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # One thread per worker: throughput comes from worker processes, not threads per query.
-        # OpenMP keeps this per OS thread, so it is set here, on the event-loop thread that runs
-        # the async endpoints' searches (load_serving_model's call only covers the loading thread).
+        # OpenMP keeps this per OS thread: the batcher's model thread sets it for the searches
+        # (`model_batcher`), here it covers the event-loop thread.
         set_faiss_threads(settings.threads)
+        services.batcher.start()
         store = EventStore(settings.events_db)
         services.state.events = store  # the first bundle's real-time history is replayed from it
         try:
@@ -43,6 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
         except Exception as exc:
             log.error("cannot start: bundle %s could not be served: %s", settings.bundle, exc)
             store.close()
+            services.batcher.close()
             raise
         services.events = store
         services.feeder = OverlayFeeder(lambda: services.state.live.overlay if services.state.live else None,
@@ -60,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
             services.feeder.stop()
             services.events = services.feeder = None
             store.close()
+            services.batcher.close()
 
     app = FastAPI(title="recsys-compressed", summary="Recommendations from a compressed model bundle",
                   lifespan=lifespan)
@@ -71,6 +76,17 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=[path for path in endpoints if path])
     return app
+
+
+def model_batcher(settings: Settings, metrics: ServingMetrics) -> Batcher:
+    """The worker's one model queue (`serving.batcher`), its batches and shed requests in the metrics."""
+
+    def observe(stats: BatchStats) -> None:
+        metrics.observe_queue(stats.waits_s)
+
+    return Batcher(lambda calls: run_calls(calls, metrics), settings.max_batch, settings.max_queue,
+                   settings.queue_deadline_s, on_batch=observe, on_shed=metrics.observe_shed,
+                   thread_setup=lambda: set_faiss_threads(settings.threads))
 
 
 def create_app_from_env() -> FastAPI:

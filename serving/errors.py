@@ -47,6 +47,12 @@ class NotReady(ServingError):
     status, code = 503, "not_ready"
 
 
+class Overloaded(ServingError):
+    """Shed load: the model's queue is full or the request waited past its deadline (with ``Retry-After``)."""
+
+    status, code = 503, "overloaded"
+
+
 class InvalidRequest(ServingError):
     status, code = 422, "invalid_request"
 

@@ -18,6 +18,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "MetricsMiddleware", "ServingMetrics"]
 
 # Requests take well under a millisecond up to a few hundred ms (a reload competing for the CPU).
 REQUEST_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 UNMATCHED = "unmatched"
 
@@ -31,8 +32,14 @@ class ServingMetrics:
                                  "Time from request to the end of the response, by endpoint and status",
                                  ["endpoint", "status"], buckets=REQUEST_BUCKETS, registry=self.registry)
         self.stages = Histogram("recsys_stage_duration_seconds",
-                                "Time in each stage of the model's request path (timings_ms)",
+                                "Time in each stage of the model's path, per batch of requests (timings_ms)",
                                 ["endpoint", "stage"], buckets=STAGE_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram("recsys_batch_size", "Requests answered by one pass of the model",
+                                    ["endpoint"], buckets=BATCH_BUCKETS, registry=self.registry)
+        self.queue_wait = Histogram("recsys_queue_wait_seconds", "Time a request waited for the model",
+                                    buckets=STAGE_BUCKETS, registry=self.registry)
+        self.shed = Counter("recsys_shed_requests", "Requests answered 503 by load shedding, by reason "
+                            "(queue_full, deadline)", ["reason"], registry=self.registry)
         self.fallbacks = Counter("recsys_fallbacks", "Responses served from a fallback instead of the model",
                                  ["kind"], registry=self.registry)
         self.reloads = Counter("recsys_reloads", "Bundle reload attempts by outcome (success, unchanged, refused)",
@@ -60,6 +67,16 @@ class ServingMetrics:
             if child is None:
                 child = self._stage_children[(endpoint, stage)] = self.stages.labels(endpoint, stage)
             child.observe(ms / 1000.0)
+
+    def observe_batch(self, endpoint: str, size: int) -> None:
+        self.batch_size.labels(endpoint).observe(size)
+
+    def observe_queue(self, waits_s: list[float]) -> None:
+        for wait in waits_s:
+            self.queue_wait.observe(wait)
+
+    def observe_shed(self, reason: str) -> None:
+        self.shed.labels(reason).inc()
 
     def observe_fallback(self, kind: str) -> None:
         self.fallbacks.labels(kind).inc()

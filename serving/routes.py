@@ -1,10 +1,12 @@
 """The HTTP endpoints. Limits come from ``Settings``, so each app's OpenAPI schema states its own.
 
-The hot endpoints (/recommend, /similar) are ``async``: the model call is about a millisecond of
-CPU that mostly holds the GIL, so a thread-pool hop would add latency without adding throughput
-(that comes from worker processes). /events and /admin/reload block (fsync, loading a bundle), so
-they are plain ``def`` and run in the thread pool. Responses are declared as models (for the
-OpenAPI schema) but written as pre-serialised JSON; benchmarks/bench_response_encoding.py measures why.
+The hot endpoints (/recommend, /similar) are ``async``: they parse and validate the request on
+the event loop, then await the worker's `Batcher`, which answers everything waiting with one pass
+of the model on its own thread (`serving.model_calls`). /events and /admin/reload block (fsync,
+loading a bundle), so they are plain ``def`` and run in the thread pool. Responses are declared as
+models (for the OpenAPI schema) but written as pre-serialised JSON;
+benchmarks/bench_response_encoding.py measures why. Every route documents its 503: no model yet,
+or shed load (``Retry-After``).
 """
 
 # No `from __future__ import annotations` here: FastAPI must evaluate the Annotated aliases that
@@ -17,13 +19,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic_core import to_json
 
 from recsys.data.events import Event, EventStore
 from recsys.pipeline.request import RequestError, request_time
-from recsys.pipeline.served import Recommendation, UnknownItemError
+from recsys.pipeline.served import UnknownItemError
+from serving.batcher import Batcher
 from serving.errors import AdminDisabled, InvalidRequest, NotReady, Unauthorized
 from serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
+from serving.model_calls import ModelCall, RecommendCall, SimilarCall
 from serving.overlay import OverlayFeeder
 from serving.schemas import (
     ID_PATTERN,
@@ -56,6 +59,7 @@ class Services:
     settings: Settings
     state: ModelState
     metrics: ServingMetrics
+    batcher: Batcher
     events: EventStore | None = None
     feeder: OverlayFeeder | None = None
 
@@ -66,25 +70,6 @@ def json_response(body: bytes, status: int = 200) -> Response:
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorResponse} for status in statuses}
-
-
-def _items(rec: Recommendation) -> list[dict[str, Any]]:
-    titles = rec.titles if rec.titles is not None else [None] * len(rec.items)
-    return [{"item_id": str(item), "score": score, "title": title}
-            for item, score, title in zip(rec.items, rec.scores, titles, strict=True)]
-
-
-def recommend_json(user: str | None, rec: Recommendation, version: str) -> bytes:
-    """The RecommendResponse body from plain dicts by pydantic-core's Rust encoder.
-
-    Same JSON as the model, without validating one; the stdlib encoder is slower here mostly
-    because repr() of float32-derived scores is slow.
-    """
-    return to_json({"user": user, "items": _items(rec), "model_version": version, "fallback": rec.fallback})
-
-
-def similar_json(item: str, rec: Recommendation, version: str) -> bytes:
-    return to_json({"item": item, "items": _items(rec), "model_version": version})
 
 
 RECOMMEND_QUERY = frozenset({"user", "k", "exclude", "at"})
@@ -173,9 +158,9 @@ def build_router(services: Services) -> APIRouter:
         live = state.current()
         context = query_context(request.query_params, live.model.context_columns)
         when = parse_time("query.at", at, live.model.real_time)
-        rec = live.model.recommend(live.ids.user(user), k, live.ids.items(excluded), at=when, context=context,
-                                   since=live.overlay.events(user))
-        return answer(user, rec, live.version)
+        ask = live.model.ask(live.ids.user(user), k, live.ids.items(excluded), at=when, context=context,
+                             since=live.overlay.events(user))
+        return await answer(RecommendCall(live, user, ask))
 
     @router.post("/recommend", response_model=RecommendResponse, responses=_errors(422, 503))
     async def recommend_with_history(body: RecommendBody) -> Response:
@@ -193,15 +178,12 @@ def build_router(services: Services) -> APIRouter:
             history = [(item, stamp) for item, stamp in history if item is not None]
         user = live.ids.user(body.user) if body.user is not None else None
         since = live.overlay.events(body.user) if body.user is not None and history is None else ()
-        rec = model.recommend(user, body.k, live.ids.items(body.exclude), at=when, context=context, history=history,
-                              since=since)
-        return answer(body.user, rec, live.version)
+        ask = model.ask(user, body.k, live.ids.items(body.exclude), at=when, context=context, history=history,
+                        since=since)
+        return await answer(RecommendCall(live, body.user, ask))
 
-    def answer(user: str | None, rec: Recommendation, version: str) -> Response:
-        metrics.observe_stages("/recommend", rec.timings_ms)
-        if rec.fallback:
-            metrics.observe_fallback(rec.fallback)
-        return json_response(recommend_json(user, rec, version))
+    async def answer(call: ModelCall) -> Response:
+        return json_response(await services.batcher.submit(call))
 
     @router.get("/similar", response_model=SimilarResponse, responses=_errors(404, 422, 503))
     async def similar(item: ItemId, k: K = 10) -> Response:
@@ -210,9 +192,10 @@ def build_router(services: Services) -> APIRouter:
         key = live.ids.item(item)
         if key is None:
             raise UnknownItemError(item)
-        rec = live.model.similar(key, k)
-        metrics.observe_stages("/similar", rec.timings_ms)
-        return json_response(similar_json(item, rec, live.version))
+        index = int(live.model.item_index([key])[0])
+        if index < 0:
+            raise UnknownItemError(item)
+        return await answer(SimilarCall(live, item, index, k))
 
     @router.post("/events", status_code=202, response_model=EventsAccepted, responses=_errors(413, 422, 503))
     def post_events(events: Events) -> Response:

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     watch_current: bool = Field(False, description="poll the bundles root's `current` pointer and hot-reload")
     watch_interval_s: float = Field(5.0, gt=0)
     precompute_users: bool = True
+    max_batch: int = Field(32, ge=1, description="most /recommend or /similar requests answered by one pass of "
+                           "the model (1: one at a time)")
+    max_queue: int = Field(128, ge=1, description="requests waiting for the model past which new ones get 503")
+    queue_deadline_s: float = Field(0.5, gt=0, description="a request that waited this long for the model gets "
+                                    "503 instead of a late answer")
     overlay_poll_s: float = Field(0.1, gt=0, description="how often each worker reads new events into the "
                                   "real-time history (an event reaches every worker's answers within this)")
     overlay_max_users: int = Field(100_000, ge=1, description="users kept in the real-time history (least "

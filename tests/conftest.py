@@ -10,7 +10,6 @@ import pytest
 from recsys.data.datasets import load_dataset
 from recsys.split import temporal_split
 from tests.fixtures.data import ROOT, checkerboard_dataset
-from tests.fixtures.tiny import Tiny, tiny_bundles
 
 # Tests that read a real dataset or the trained tiny bundles are end to end: `make test-fast` skips them.
 SLOW_FIXTURES = {"data_dir", "ml100k", "ml100k_split", "tiny"}
@@ -48,6 +47,10 @@ def checkerboard_split(checkerboard):
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> Tiny:
+def tiny(tmp_path_factory):
     """One trained + compressed tiny bundle pair per session (tests/loadtest, tests/ops)."""
+    # Imported here: it pulls in training and compression (torch, onnx), which the pytest-xdist
+    # controller process, loading only this file, never needs.
+    from tests.fixtures.tiny import tiny_bundles
+
     return tiny_bundles(tmp_path_factory)

@@ -15,7 +15,7 @@ start of the request's time bin, so offline features never use interactions afte
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,6 +94,26 @@ def user_side(tables: FeatureTables, history: History, item_vectors: np.ndarray)
                     cooc_keys=keys, cooc_sums=sums, ease_keys=ease_keys, ease_sums=ease_sums,
                     affinity_profile=_affinity_profile(tables, recent) if wanted["affinity"] else None,
                     token_keys=_token_keys(tables, recent) if wanted["token"] else None)
+
+
+def stack_user_sides(sides: Sequence[UserSide], tables: FeatureTables) -> UserSide:
+    """One batch's `UserSide` from one-row sides (each built for its own row 0): row-keyed lookup
+    keys are shifted to their row, so the stack equals `user_side` over the stacked rows."""
+    if len(sides) == 1:
+        return sides[0]
+
+    def keys(name: str, stride: int) -> np.ndarray:
+        return np.concatenate([getattr(side, name) + row * np.int64(stride) for row, side in enumerate(sides)])
+
+    def rows(name: str) -> np.ndarray | None:
+        parts = [getattr(side, name) for side in sides]
+        return None if parts[0] is None else np.concatenate(parts)
+
+    return UserSide(history_len=rows("history_len"), user_pop=rows("user_pop"), recent_vecs=rows("recent_vecs"),
+                    recent_valid=rows("recent_valid"), cooc_keys=keys("cooc_keys", tables.n_items),
+                    cooc_sums=rows("cooc_sums"), ease_keys=keys("ease_keys", tables.n_items),
+                    ease_sums=rows("ease_sums"), affinity_profile=rows("affinity_profile"),
+                    token_keys=None if sides[0].token_keys is None else keys("token_keys", tables.token_vocab))
 
 
 def _lookup_sorted(keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

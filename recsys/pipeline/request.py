@@ -18,7 +18,6 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys.data.history import History
-from recsys.pipeline.ranker_features import LAST_TIMESTAMP, TIMESTAMP
 
 
 class RequestError(ValueError):
@@ -47,19 +46,6 @@ def request_time(value: float | str | None, real_time: bool) -> float | None:
     return float(stamp.timestamp())
 
 
-def context_for(at: float | None, last_time: float | None, columns: dict[str, float]) -> dict[str, np.ndarray]:
-    """The one-row context `build_features` reads, as `ranker_features.request_context` builds it;
-    ``last_time`` None leaves the user's time gap unknown (the feature reads 0)."""
-    context = {}
-    if at is not None:
-        context[TIMESTAMP] = np.array([at], dtype=np.float64)
-    if last_time is not None:
-        context[LAST_TIMESTAMP] = np.array([last_time], dtype=np.float64)
-    for name, value in columns.items():
-        context[name] = np.array([value], dtype=np.float64)
-    return context
-
-
 def supplied_rows(items: Sequence[int], n_items: int, width: int) -> History:
     """One history row from item indices a caller sent (oldest first; unknown items already dropped)."""
     items = np.asarray(items, dtype=np.int64)
@@ -70,3 +56,17 @@ def supplied_rows(items: Sequence[int], n_items: int, width: int) -> History:
     latest = items[-width:]
     recent[0, width - len(latest):] = latest
     return History(seen, recent)
+
+
+def stack_rows(rows: Sequence[History]) -> History:
+    """Several requests' history rows as one batch; ``recent`` left-padded with -1 to the widest
+    (every reader of ``recent`` treats -1 as no item, so padding changes no answer)."""
+    if len(rows) == 1:
+        return rows[0]
+    width = max(part.recent.shape[1] for part in rows)
+    recent = np.full((sum(len(part.recent) for part in rows), width), -1, dtype=np.int32)
+    start = 0
+    for part in rows:
+        recent[start:start + len(part.recent), width - part.recent.shape[1]:] = part.recent
+        start += len(part.recent)
+    return History(sp.vstack([part.seen for part in rows], format="csr"), recent)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.data.history import csr_rows
+
 
 def history_inputs(users: np.ndarray, recent: np.ndarray, history_len: int,
                    known_users: int) -> tuple[np.ndarray, np.ndarray]:
@@ -20,17 +22,35 @@ def history_inputs(users: np.ndarray, recent: np.ndarray, history_len: int,
 
 
 def search_excluding(index, queries: np.ndarray, k: int, seen: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-    """ANN top-k with seen items removed: ask for k + (most seen in the batch), then filter."""
-    from recsys.index import search, search_one_without
+    """ANN top-k with seen items removed, each row's answer independent of the other rows.
 
-    if len(queries) == 1 and seen.nnz:
-        found = search_one_without(index, queries, k, seen.indices[seen.indptr[0]:seen.indptr[1]])
-        if found is not None:
-            return _pad_row(found[1][0], found[0][0], k)
-    extra = int(np.diff(seen.indptr).max()) if seen.shape[0] else 0
-    want = min(k + extra, index.ntotal)
-    scores, ids = search(index, queries, want)
-    return drop_seen(ids, scores, seen, k)
+    Indexes that take a selector skip the seen items inside FAISS, one row at a time. Others
+    over-fetch and filter: a row asks for k + its own seen count rounded up to a power of two, and
+    rows asking the same width share one search. A row's width never depends on its batch mates,
+    so a request gets the same candidates alone or batched (an HNSW search with a larger k is a
+    different search, and ties at the cut would otherwise fall differently)."""
+    from recsys.index import search, search_one_without, skips_inside
+
+    ids = np.full((len(queries), k), -1, dtype=np.int64)
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    counts = np.diff(seen.indptr)
+    if seen.nnz and skips_inside(index):
+        for row in range(len(queries)):
+            banned = seen.indices[seen.indptr[row]:seen.indptr[row + 1]]
+            found_scores, found_ids = search_one_without(index, queries[row:row + 1], k, banned)
+            ids[row], scores[row] = _pad_row(found_ids[0], found_scores[0], k)
+        return ids, scores
+    widths = np.minimum(k + _round_up_pow2(counts), index.ntotal)
+    for width in np.unique(widths):
+        rows = np.flatnonzero(widths == width)
+        found_scores, found_ids = search(index, queries[rows], int(width))
+        ids[rows], scores[rows] = drop_seen(found_ids, found_scores, csr_rows(seen, rows), k)
+    return ids, scores
+
+
+def _round_up_pow2(counts: np.ndarray) -> np.ndarray:
+    """0 -> 0, n -> the smallest power of two >= n."""
+    return np.where(counts > 0, 1 << np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64), 0)
 
 
 def drop_seen(ids: np.ndarray, scores: np.ndarray, seen: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:

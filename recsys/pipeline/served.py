@@ -22,10 +22,10 @@ from recsys.bundle.manifest import Manifest
 from recsys.data.history import History
 from recsys.index import search
 from recsys.pipeline.onnx import OnnxUserEncoder
-from recsys.pipeline.ranker_features import UserSide, user_side
+from recsys.pipeline.ranker_features import LAST_TIMESTAMP, TIMESTAMP, UserSide, stack_user_sides, user_side
 from recsys.pipeline.recommend import Pipeline, PipelineRecommender, append_items, items_csr, request_rows
-from recsys.pipeline.request import context_for, supplied_rows
-from recsys.pipeline.retrieve import history_inputs
+from recsys.pipeline.request import stack_rows, supplied_rows
+from recsys.pipeline.retrieve import drop_seen, history_inputs
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,17 @@ USER_CACHE = 50_000  # known users whose history rows and feature user side are 
 
 class UnknownItemError(KeyError):
     """An item id the bundle has never seen (a 404 at the HTTP edge)."""
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One /recommend request resolved against a bundle: what `ServingModel.recommend_many` batches."""
+
+    user: int  # row in the bundle's users, -1 unknown
+    rows: History  # one history row (stored, with the real-time overlay appended, or supplied)
+    k: int
+    exclude: np.ndarray  # item indices never to return
+    context: dict[str, float]  # request time, the user's last time, the dataset's context columns
 
 
 @dataclass
@@ -89,22 +100,35 @@ class BoundedCache:
 class CachedUserSide:
     """The ranking features' user side of known users, computed on first use and kept (bounded).
 
-    Only single-row batches whose rows are the user's stored history qualify: a caller that
-    appended new items to the history gets a fresh computation."""
+    A row qualifies when it is the user's stored history: a caller that appended new items to
+    the history gets a fresh computation. A batch (the server's batcher) stacks one side per row,
+    so a request's features do not depend on the requests batched with it."""
 
     def __init__(self, pipeline: Pipeline, max_users: int = USER_CACHE):
         self.pipeline = pipeline
         self.cache = BoundedCache(max_users)
 
-    def __call__(self, users: np.ndarray, rows: History) -> UserSide | None:
+    def __call__(self, users: np.ndarray, rows: History) -> UserSide:
+        return stack_user_sides([self._row_side(int(user), rows, row) for row, user in enumerate(users)],
+                                self.pipeline.feature_tables)
+
+    def _row_side(self, user: int, rows: History, row: int) -> UserSide:
+        one = History(rows.seen[row], rows.recent[row:row + 1])
+        if self._is_stored(user, one):
+            return self.cache.get(user, lambda: self._compute(one))
+        return self._compute(one)
+
+    def _is_stored(self, user: int, one: History) -> bool:
         stored = self.pipeline.history
-        if len(users) != 1 or stored is None or not 0 <= users[0] < len(stored.recent):
-            return None
-        user = int(users[0])
-        if not (np.array_equal(rows.recent[0], stored.recent[user])
-                and rows.seen.indptr[1] == stored.seen.indptr[user + 1] - stored.seen.indptr[user]):
-            return None
-        return self.cache.get(user, lambda: user_side(self.pipeline.feature_tables, rows, self.pipeline.item_vectors))
+        if stored is None or not 0 <= user < len(stored.recent):
+            return False
+        # Rows are left-padded with -1 to the batch's widest: compare the items, not the padding.
+        recent, kept = one.recent[0], stored.recent[user]
+        return bool(np.array_equal(recent[recent >= 0], kept[kept >= 0])
+                    and one.seen.indptr[1] == stored.seen.indptr[user + 1] - stored.seen.indptr[user])
+
+    def _compute(self, one: History) -> UserSide:
+        return user_side(self.pipeline.feature_tables, one, self.pipeline.item_vectors)
 
 
 def cache_known_users(pipeline: Pipeline, vectors: np.ndarray | None = None) -> None:
@@ -200,7 +224,13 @@ class ServingModel:
 
     def recommend(self, user_id, k: int, exclude=(), at: float | None = None, context: dict | None = None,
                   history: Sequence[tuple] | None = None, since: Sequence[tuple] = ()) -> Recommendation:
-        """Top-k for one user id (unknown: -1 row, popular fallback unless a history is known).
+        """Top-k for one user id: `ask` then `recommend_many` of that one request (the batcher's path)."""
+        return self.recommend_many([self.ask(user_id, k, exclude, at, context, history, since)])[0]
+
+    def ask(self, user_id, k: int, exclude=(), at: float | None = None, context: dict | None = None,
+            history: Sequence[tuple] | None = None, since: Sequence[tuple] = ()) -> Ask:
+        """One request resolved against the bundle (unknown user: -1 row, popular fallback unless a
+        history is known), ready to be batched with others.
 
         ``at`` is the request time in the log's unit (default `default_time`, then without the
         user's time gap: see below); ``context`` the
@@ -208,17 +238,12 @@ class ServingModel:
         first replaces the stored history (unknown items are ignored); ``since``, the same
         shape, is what the user did after the bundle was built (the server's real-time
         overlay): appended to the stored history, and excluded from the answer."""
-        timings: dict[str, float] = {}
-        known = -1 if user_id is None else self.content.users.index_of(user_id)
-        user = np.array([known], dtype=np.int64)
-        exclude_rows = None
-        if len(exclude):
-            excluded = self.item_index(exclude)
-            exclude_rows = items_csr([excluded[excluded >= 0]], self.pipeline.n_items)
+        user = -1 if user_id is None else int(self.content.users.index_of(user_id))
+        excluded = self.item_index(exclude)
         if history is None:
-            rows = self._rows.get(int(user[0]), lambda: request_rows(self.pipeline.history, user,
-                                                                     self.pipeline.n_items, self.pipeline.history_len))
-            last = float(self.content.last_time[user[0]]) if user[0] >= 0 else -1.0
+            rows = self._rows.get(user, lambda: request_rows(self.pipeline.history, np.array([user], dtype=np.int64),
+                                                             self.pipeline.n_items, self.pipeline.history_len))
+            last = float(self.content.last_time[user]) if user >= 0 else -1.0
             if since:
                 rows, last = self._with_recent(rows, last, since)
         else:
@@ -230,11 +255,32 @@ class ServingModel:
         # gap measured against it would tell the ranker a user last seen months before the cutoff
         # is returning after a break (ml-100k own-log flow: next-event NDCG@10 0.07 with that gap,
         # 0.14 without). So the gap is only computed when the caller sends the time.
-        request = context_for(self.default_time(), None, dict(context or {})) if at is None else \
-            context_for(at, last, dict(context or {}))
-        ids, scores, fallback = self.pipeline.recommend_rows(user, rows, k, True, exclude_rows, self.n_candidates,
-                                                             request, timings)
-        return self._result(ids[0], scores[0], "popular" if fallback[0] else None, timings)
+        request = {name: float(value) for name, value in (context or {}).items()}
+        now = self.default_time() if at is None else at
+        if now is not None:
+            request[TIMESTAMP] = float(now)
+        if at is not None:
+            request[LAST_TIMESTAMP] = last
+        return Ask(user, rows, k, excluded[excluded >= 0], request)
+
+    def recommend_many(self, asks: Sequence[Ask]) -> list[Recommendation]:
+        """Answer several requests with one pass of the pipeline (one user-tower call, one FAISS
+        search, one feature build, one ranker call); each answer is the one the request would get
+        alone (`Ask.context` values missing from a request read as NaN: the features' "unknown")."""
+        timings: dict[str, float] = {}
+        users = np.array([ask.user for ask in asks], dtype=np.int64)
+        rows = stack_rows([ask.rows for ask in asks])
+        exclude_rows = None
+        if any(len(ask.exclude) for ask in asks):
+            exclude_rows = items_csr([ask.exclude for ask in asks], self.pipeline.n_items)
+        names = sorted({name for ask in asks for name in ask.context})
+        context = {name: np.array([ask.context.get(name, np.nan) for ask in asks], dtype=np.float64)
+                   for name in names}
+        k = max(ask.k for ask in asks)
+        ids, scores, fallback = self.pipeline.recommend_rows(users, rows, k, True, exclude_rows, self.n_candidates,
+                                                             context, timings)
+        return [self._result(ids[row, :ask.k], scores[row, :ask.k], "popular" if fallback[row] else None, timings)
+                for row, ask in enumerate(asks)]
 
     def _with_recent(self, rows: History, last: float, since: Sequence[tuple]) -> tuple[History, float]:
         """``rows`` with the known items of ``since`` appended (each once, none already seen), and
@@ -252,15 +298,25 @@ class ServingModel:
         return append_items(rows, [added]), max([last, *(float(stamp) for _, stamp in since)])
 
     def similar(self, item_id, k: int) -> Recommendation:
-        from recsys.pipeline.retrieve import drop_seen
-
         item = int(self.item_index([item_id])[0])
         if item < 0:
             raise UnknownItemError(item_id)
+        return self.similar_many([(item, k)])[0]
+
+    def similar_many(self, asks: Sequence[tuple[int, int]]) -> list[Recommendation]:
+        """Items closest to each ``(item index, k)`` in the item space, one FAISS search for all."""
         vectors = self.pipeline.item_vectors
-        scores, ids = search(self.pipeline.index, vectors[item:item + 1], min(k + 1, len(vectors)))
-        ids, scores = drop_seen(ids, scores, items_csr([[item]], len(vectors)), k)
-        return self._result(ids[0], scores[0], None, {})
+        answers: list[Recommendation | None] = [None] * len(asks)
+        # Requests with the same k share a search: a search's width must not depend on the batch
+        # (see `search_excluding`).
+        for k in sorted({want for _, want in asks}):
+            rows = [row for row, (_, want) in enumerate(asks) if want == k]
+            items = np.array([asks[row][0] for row in rows], dtype=np.int64)
+            scores, ids = search(self.pipeline.index, vectors[items], min(k + 1, len(vectors)))
+            ids, scores = drop_seen(ids, scores, items_csr([[item] for item in items], len(vectors)), k)
+            for position, row in enumerate(rows):
+                answers[row] = self._result(ids[position], scores[position], None, {})
+        return answers
 
     def recommender(self) -> PipelineRecommender:
         """The bundle behind the evaluation contract (tower run on the given history, no cache)."""

@@ -379,3 +379,21 @@ def test_dense_layers_pick_fidelity_then_speed_and_fp32_when_int8_does_not_pay(f
              "dynamic": {"topk_overlap": dynamic[0], "max_abs_diff": 0.01, "p50_ms": dynamic[1]},
              "static": {"topk_overlap": static[0], "max_abs_diff": 0.01, "p50_ms": static[1]}}
     assert pick_dense_layers(stats) == expected
+
+
+def test_a_dynamic_int8_model_answers_each_row_as_it_would_alone(ranker_fp32, tmp_path):
+    """Dynamic int8 scales activations by the whole batch: served batches and evaluation batches
+    run such a model row by row, so no answer depends on the rows run with it."""
+    from recsys.pipeline.onnx import OnnxModel, is_batch_dependent
+
+    class Scorer(OnnxModel):
+        output = "score"
+
+    dynamic = quantize_dynamic_int8(ranker_fp32, tmp_path / "dynamic.onnx")
+    feed = ranker_feed(64, seed=3)
+    feed["feats"][0] *= 50.0  # one extreme row widens the batch's activation range
+    alone = np.concatenate([Scorer(dynamic).run({name: value[row:row + 1] for name, value in feed.items()})
+                            for row in range(64)])
+    assert is_batch_dependent(dynamic) and not is_batch_dependent(ranker_fp32)
+    assert not np.array_equal(Scorer(dynamic).session.run(["score"], feed)[0], alone)  # the hazard is real
+    np.testing.assert_array_equal(Scorer(dynamic).run(feed), alone)

@@ -25,6 +25,7 @@ from recsys.pipeline.ranker_features import request_context
 from recsys.pipeline.recommend import empty_history
 from recsys.split import GATE_EVENTS, Split, temporal_split
 from tests.fixtures.bundles import publish_tiny_bundle
+from tests.fixtures.data import checkerboard_dataset
 
 METRIC_KEYS = tuple(topk_metrics(np.full((2, 20), -1), np.zeros(2, np.int64), 1))
 
@@ -35,10 +36,12 @@ def forget_valid(served, split: Split) -> None:
     served.content.last_time = last_times(split.train, split.n_users)
 
 
-@pytest.fixture
-def checkerboard_bundle(tmp_path, checkerboard, checkerboard_split) -> Path:
-    root = tmp_path / "bundles"
-    version = publish_tiny_bundle(root, checkerboard, checkerboard_split, seed=0, make_current=True)
+@pytest.fixture(scope="module")
+def checkerboard_bundle(tmp_path_factory) -> Path:
+    """Trained once per module: the tests only read it."""
+    dataset = checkerboard_dataset()
+    root = tmp_path_factory.mktemp("bundles")
+    version = publish_tiny_bundle(root, dataset, temporal_split(dataset), seed=0, make_current=True)
     return root / "versions" / version
 
 

@@ -130,3 +130,24 @@ def test_the_ease_feature_is_the_ease_score_over_each_items_strongest_weights(ch
     expected = np.asarray(history.seen @ kept)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert (expected > 0).any()
+
+
+def test_stacked_one_row_user_sides_equal_the_batchs_user_side(checkerboard, checkerboard_split):
+    """The server's batches stack cached one-row sides: features must not change with the batch."""
+    from recsys.data.tokens import build_token_table
+    from recsys.pipeline.ranker_features import stack_user_sides, user_side
+    from recsys.pipeline.request import stack_rows
+
+    tokens = build_token_table(checkerboard.items, "item_id", checkerboard_split.items)
+    tables = build_feature_tables(checkerboard_split, tokens)
+    history = checkerboard_split.user_history("test")
+    vectors = np.random.default_rng(0).normal(size=(tables.n_items, 4)).astype(np.float32)
+    rows = [history.rows(np.array([user])) for user in range(6)]
+    stacked = stack_rows(rows)
+    cands = np.tile(np.arange(tables.n_items), (6, 1))
+    scores = np.linspace(1, 0, tables.n_items)[None].repeat(6, 0).astype(np.float32)
+    alone = build_features(tables, stacked, cands, scores, vectors[cands], vectors)
+    sides = stack_user_sides([user_side(tables, one, vectors) for one in rows], tables)
+    together = build_features(tables, stacked, cands, scores, vectors[cands], vectors, user=sides)
+    assert len(sides.cooc_keys) and len(sides.ease_keys) and sides.token_keys is not None
+    np.testing.assert_array_equal(together, alone)

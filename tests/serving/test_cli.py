@@ -51,6 +51,7 @@ def test_settings_survive_the_trip_through_environment_variables(tmp_path, monke
     assert Settings() == settings
 
 
+@pytest.mark.slow  # several server processes: end to end
 @pytest.mark.parametrize("workers", [2])
 def test_several_workers_serve_and_share_the_event_store(bundles, tmp_path, workers):
     events_db = tmp_path / "events.sqlite"

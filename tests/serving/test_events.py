@@ -90,6 +90,7 @@ def test_events_survive_a_restart_of_the_app(settings):
     assert stored(settings) == 6
 
 
+@pytest.mark.slow  # a real server process killed mid-stream: end to end
 def test_accepted_events_survive_the_server_being_killed(bundles, tmp_path):
     events_db = tmp_path / "killed.sqlite"
     with running_server("--bundle", str(bundles.root), "--events-db", str(events_db)) as (process, url):

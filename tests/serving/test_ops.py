@@ -68,7 +68,7 @@ def test_an_unexpected_error_is_a_500_json_without_traceback(settings, monkeypat
         raise RuntimeError("secret internal state")
 
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        monkeypatch.setattr(ServingModel, "recommend", broken)
+        monkeypatch.setattr(ServingModel, "recommend_many", broken)
         response = client.get("/recommend", params={"user": "u0"})
     assert response.status_code == 500
     assert response.json() == {"error": "internal_error",
@@ -105,12 +105,12 @@ def test_searches_run_with_the_configured_faiss_threads(client, monkeypatch):
     import faiss
 
     seen = []
-    original = ServingModel.recommend
+    original = ServingModel.recommend_many
 
     def recording(self, *args, **kwargs):
         seen.append(faiss.omp_get_max_threads())  # OpenMP settings are per thread: check the request's
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(ServingModel, "recommend", recording)
+    monkeypatch.setattr(ServingModel, "recommend_many", recording)
     assert client.get("/recommend", params={"user": "u0"}).status_code == 200
     assert seen == [1]

@@ -17,6 +17,9 @@ from serving.app import create_app
 from serving.settings import Settings
 from tests.fixtures.servers import ADMIN_TOKEN, admin_headers
 
+# Hypothesis over every operation takes ~20 s: end to end, outside the edit loop's tier.
+pytestmark = pytest.mark.slow
+
 MAX_EXAMPLES = 30
 WITH_INPUT = [("GET", "/recommend"), ("POST", "/recommend"), ("GET", "/similar"), ("POST", "/events"),
               ("POST", "/admin/reload")]

@@ -1,0 +1,168 @@
+"""Continuous batching: run the model once for every request waiting, the way inference servers do.
+
+A /recommend or /similar request is parsed on the event loop, then handed to the worker's
+`Batcher` and awaited. One model thread takes *everything* waiting (up to ``max_batch``) whenever
+it is free, answers the whole batch with one pass of the pipeline and resolves each request's
+future. There is no wait window: a lone request on an idle server is run at once, and batches
+form only while the model is busy, which is exactly when they pay.
+
+The queue is bounded: past ``max_queue`` waiting requests, or once a request has waited longer
+than ``deadline_s``, the request is shed with `Overloaded` (503 + ``Retry-After``) instead of
+making every later request slower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.errors import NotReady, Overloaded
+
+log = logging.getLogger(__name__)
+
+# Runs one batch: a list of payloads -> one result (or exception) per payload, in order.
+BatchRunner = Callable[[Sequence[Any]], Sequence[Any]]
+
+
+@dataclass
+class Job:
+    payload: Any
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    size: int
+    waits_s: list[float]  # each request's time in the queue
+    shed: int  # requests dropped at the deadline when the batch was taken
+
+
+class Batcher:
+    def __init__(self, run: BatchRunner, max_batch: int, max_queue: int, deadline_s: float,
+                 retry_after_s: int = 1, on_batch: Callable[[BatchStats], None] | None = None,
+                 on_shed: Callable[[str], None] | None = None, thread_setup: Callable[[], None] | None = None,
+                 name: str = "model"):
+        self.run = run
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.deadline_s = deadline_s
+        self.retry_after_s = retry_after_s
+        self.on_batch = on_batch
+        self.on_shed = on_shed
+        self.thread_setup = thread_setup
+        self.name = name
+        self._waiting: deque[Job] = deque()
+        self._draining = False
+        self._executor: ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        """Start the model thread (the app's lifespan does; a stopped batcher answers 503)."""
+        # One thread: the model runs one batch at a time; the event loop keeps accepting requests.
+        # ``thread_setup`` runs on it first (e.g. OpenMP thread counts, which are per OS thread).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-batch",
+                                            initializer=self.thread_setup)
+
+    def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def submit(self, payload: Any) -> Any:
+        """The payload's result once its batch has run; `Overloaded` when the queue is full or
+        the request waited past its deadline."""
+        if self._executor is None:
+            raise NotReady("the model queue is not running: wait until GET /readyz answers 200")
+        if len(self._waiting) >= self.max_queue:
+            self._shed("queue_full")
+            raise self._overloaded(f"{len(self._waiting)} requests are already waiting (max_queue "
+                                   f"{self.max_queue})")
+        job = Job(payload, asyncio.get_running_loop().create_future())
+        self._waiting.append(job)
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await job.future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._waiting:
+                batch, shed = self._take()
+                if not batch:
+                    continue
+                started = time.perf_counter()
+                results = await self._run_on_model_thread(loop, [job.payload for job in batch])
+                for job, result in zip(batch, results, strict=True):
+                    if job.future.done():  # the client went away
+                        continue
+                    if isinstance(result, BaseException):
+                        job.future.set_exception(result)
+                    else:
+                        job.future.set_result(result)
+                if self.on_batch is not None:
+                    self.on_batch(BatchStats(len(batch), [started - job.enqueued for job in batch], shed))
+        finally:
+            self._draining = False
+
+    async def _run_on_model_thread(self, loop: asyncio.AbstractEventLoop, payloads: list[Any]) -> Sequence[Any]:
+        executor = self._executor
+        stopped = [NotReady("the model queue stopped (the server is shutting down)")] * len(payloads)
+        if executor is None:
+            return stopped
+        try:
+            return await loop.run_in_executor(executor, self._run_batch, payloads)
+        except RuntimeError:  # closed while the batch waited: no request is left hanging
+            return stopped
+
+    def _take(self) -> tuple[list[Job], int]:
+        """Up to ``max_batch`` waiting jobs; those past their deadline are answered 503 instead."""
+        now = time.perf_counter()
+        batch, shed = [], 0
+        while self._waiting and len(batch) < self.max_batch:
+            job = self._waiting.popleft()
+            if job.future.done():
+                continue
+            if now - job.enqueued > self.deadline_s:
+                self._shed("deadline")
+                job.future.set_exception(self._overloaded(
+                    f"the request waited {now - job.enqueued:.3f} s for the model (deadline {self.deadline_s} s)"))
+                shed += 1
+                continue
+            batch.append(job)
+        return batch, shed
+
+    def _run_batch(self, payloads: list[Any]) -> Sequence[Any]:
+        """The batch's results, or exceptions in their place: if the batch as a whole fails, each
+        request is run alone, so one bad request fails only itself."""
+        try:
+            return self.run(payloads)
+        except Exception as exc:
+            if len(payloads) == 1:
+                return [exc]
+            log.warning("a batch of %d failed (%s); answering its requests one by one", len(payloads), exc)
+            return [self._run_alone(payload) for payload in payloads]
+
+    def _run_alone(self, payload: Any) -> Any:
+        try:
+            return self.run([payload])[0]
+        except Exception as exc:  # returned, not raised: it becomes this request's answer
+            return exc
+
+    def _shed(self, reason: str) -> None:
+        if self.on_shed is not None:
+            self.on_shed(reason)
+
+    def _overloaded(self, detail: str) -> Overloaded:
+        return Overloaded(f"overloaded, retry later: {detail}", {"Retry-After": str(self.retry_after_s)})
+

@@ -42,7 +42,9 @@ def create_app(settings: Settings) -> FastAPI:
         store = EventStore(settings.events_db)
         services.state.events = store  # the first bundle's real-time history is replayed from it
         try:
-            live = await run_in_threadpool(services.state.load_initial)
+            # Only the version is kept: a reference held by this generator, which lives as long as
+            # the app, would keep the first bundle in memory after every reload.
+            version = (await run_in_threadpool(services.state.load_initial)).version
         except Exception as exc:
             log.error("cannot start: bundle %s could not be served: %s", settings.bundle, exc)
             store.close()
@@ -55,7 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
         watcher = CurrentWatcher(services.state, settings.watch_interval_s) if settings.watch_current else None
         if watcher:
             watcher.start()
-        log.info("serving bundle %s; events go to %s", live.version, settings.events_db)
+        log.info("serving bundle %s; events go to %s", version, settings.events_db)
         try:
             yield
         finally:

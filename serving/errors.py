@@ -58,7 +58,13 @@ class InvalidRequest(ServingError):
 
 
 class BundlePathInvalid(ServingError):
-    status, code = 422, "bundle_not_found"
+    status, code = 404, "bundle_not_found"
+
+
+class NotInBundle(ServingError):
+    """A valid request naming something the served bundle does not have (e.g. a context column)."""
+
+    status, code = 409, "not_in_bundle"
 
 
 class BundleRefused(ServingError):
@@ -113,7 +119,17 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     if exc.status_code == 400:  # FastAPI's answer to a body it cannot decode (e.g. not UTF-8)
         return error_response(422, "invalid_request", "body: could not be decoded; send UTF-8 encoded JSON")
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:  # Starlette names only the first route of the path in Allow
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+    return error_response(exc.status_code, code, str(exc.detail), headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    path = request.url.path
+    methods = {method for route in request.app.routes
+               if getattr(route, "path", None) == path for method in (getattr(route, "methods", None) or ())}
+    return sorted(methods)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -24,13 +24,14 @@ from recsys.data.events import Event, EventStore
 from recsys.pipeline.request import RequestError, request_time
 from recsys.pipeline.served import UnknownItemError
 from serving.batcher import Batcher
-from serving.errors import AdminDisabled, InvalidRequest, NotReady, Unauthorized
+from serving.errors import AdminDisabled, InvalidRequest, NotInBundle, NotReady, Unauthorized
 from serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from serving.model_calls import ModelCall, RecommendCall, SimilarCall
 from serving.overlay import OverlayFeeder
 from serving.schemas import (
     ID_PATTERN,
     TIME_DESCRIPTION,
+    TIME_PATTERN,
     ErrorResponse,
     EventIn,
     EventsAccepted,
@@ -72,6 +73,10 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorResponse} for status in statuses}
 
 
+# The HTTP layer refuses request lines over 64 KiB with a plain-text 400; a character may take 12
+# bytes percent-encoded, so a GET exclusion list stops well before that.
+MAX_QUERY_EXCLUDE_CHARS = 4096
+
 RECOMMEND_QUERY = frozenset({"user", "k", "exclude", "at"})
 
 
@@ -86,9 +91,9 @@ def query_context(params: Mapping[str, str], columns: tuple[str, ...]) -> dict[s
 
 def body_context(values: dict[str, float], columns: tuple[str, ...]) -> dict[str, float]:
     unknown = sorted(set(values) - set(columns))
-    if unknown:
-        raise InvalidRequest(f"body.context.{unknown[0]}: not a context column of this bundle "
-                             f"({list(columns) or 'it has none'})")
+    if unknown:  # any name is valid in the schema: what the served bundle reads can change at a reload
+        raise NotInBundle(f"body.context.{unknown[0]}: not a context column of the served bundle "
+                          f"({list(columns) or 'it has none'}; GET /version lists them)")
     return {name: _finite(f"body.context.{name}", value) for name, value in values.items()}
 
 
@@ -112,18 +117,10 @@ def parse_time(where: str, raw: float | str | None, real_time: bool) -> float | 
     return value
 
 
-def split_ids(raw: str | None, max_ids: int, max_id_length: int) -> list[str]:
-    """``"a,b,,c"`` -> ``["a", "b", "c"]``, within the configured limits."""
-    if not raw:
-        return []
-    ids = [part for part in raw.split(",") if part]
-    if len(ids) > max_ids:
-        raise InvalidRequest(f"query.exclude: at most {max_ids} item ids may be excluded, got {len(ids)}")
-    too_long = next((part for part in ids if len(part) > max_id_length), None)
-    if too_long is not None:
-        raise InvalidRequest(f"query.exclude: item ids are at most {max_id_length} characters, "
-                             f"one has {len(too_long)}")
-    return ids
+def split_ids(raw: str | None) -> list[str]:
+    """``"a,b,,c"`` -> ``["a", "b", "c"]``. The query's length (`MAX_QUERY_EXCLUDE_CHARS`) is the
+    only limit: an id longer than any id the bundle knows is simply never matched."""
+    return [part for part in raw.split(",") if part] if raw else []
 
 
 def build_router(services: Services) -> APIRouter:
@@ -137,12 +134,14 @@ def build_router(services: Services) -> APIRouter:
     ItemId = Annotated[str, external_id("item")]
     K = Annotated[int, Query(ge=1, le=settings.max_k, description="how many items to return")]
     Exclude = Annotated[str | None, Query(
-        max_length=settings.max_exclude * (settings.max_id_length + 1),
-        description="comma-separated item ids never to return (e.g. the cart)")]
+        max_length=min(settings.max_exclude * (settings.max_id_length + 1), MAX_QUERY_EXCLUDE_CHARS),
+        description="comma-separated item ids never to return (e.g. the cart); a longer list goes in the "
+                    f"body of POST /recommend (up to {settings.max_exclude} ids)")]
     EventModel = event_in_model(settings.max_id_length)
     Events = Annotated[events_body(EventModel, settings.max_events_per_request), Body()]
 
-    At = Annotated[str | None, Query(max_length=64, description=f"request time, {TIME_DESCRIPTION}; default: the "
+    At = Annotated[str | None, Query(min_length=1, max_length=64, pattern=TIME_PATTERN,
+                                     description=f"request time, {TIME_DESCRIPTION}; default: the "
                                      "bundle's data cutoff plus the time since it was loaded (the user's time "
                                      "since their last interaction is then left unknown)")]
     RecommendBody = Annotated[recommend_request_model(settings.max_k, settings.max_exclude, settings.max_id_length),
@@ -154,7 +153,7 @@ def build_router(services: Services) -> APIRouter:
 
         The bundle's context columns (``/version``: ``context_columns``, e.g. Instacart's
         ``order_dow``) are further optional numeric query parameters."""
-        excluded = split_ids(exclude, settings.max_exclude, settings.max_id_length)
+        excluded = split_ids(exclude)
         live = state.current()
         context = query_context(request.query_params, live.model.context_columns)
         when = parse_time("query.at", at, live.model.real_time)
@@ -162,7 +161,7 @@ def build_router(services: Services) -> APIRouter:
                              since=live.overlay.events(user))
         return await answer(RecommendCall(live, user, ask))
 
-    @router.post("/recommend", response_model=RecommendResponse, responses=_errors(422, 503))
+    @router.post("/recommend", response_model=RecommendResponse, responses=_errors(409, 422, 503))
     async def recommend_with_history(body: RecommendBody) -> Response:
         """Top-k for a request whose history the caller sends: an anonymous session, a client-side
         cart, or an offline evaluation reproduced over HTTP."""
@@ -241,7 +240,7 @@ def build_router(services: Services) -> APIRouter:
     require_admin = admin_guard(settings)
 
     @router.post("/admin/reload", response_model=ReloadResponse, dependencies=[Depends(require_admin)],
-                 responses=_errors(401, 403, 409, 422))
+                 responses=_errors(401, 403, 404, 409, 422))
     def reload(request: Annotated[ReloadRequest | None, Body()] = None) -> ReloadResponse:
         """Load, verify and smoke-test a bundle, then swap it in; a refused bundle leaves the old one serving."""
         outcome = state.reload(request.path if request else None)

@@ -2,11 +2,25 @@
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictFloat,
+    StringConstraints,
+    Tag,
+    create_model,
+)
 
 # At least one visible character and no control characters: a NUL would be cut off by SQLite's
 # length() (the events table's CHECK), and a blank id would poison training data.
-ID_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+# Spelled out, not \\s: OpenAPI patterns are ECMA-262, whose \\s differs from Python's and Rust's
+# (U+0085, U+FEFF), so schema clients and the server would disagree on what is whitespace.
+_NOT_CONTROL = r"[^\x00-\x1f\x7f-\x9f]"  # C0 and C1 controls, DEL
+_VISIBLE = r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
+ID_PATTERN = rf"^{_NOT_CONTROL}*{_VISIBLE}{_NOT_CONTROL}*$"
 DEFAULT_MAX_ID_LENGTH = 256
 MAX_EVENT_TYPE_LENGTH = 64
 # 2100-01-01: a larger value is almost always milliseconds sent where seconds are expected.
@@ -35,6 +49,9 @@ class RecommendResponse(BaseModel):
 
 
 MAX_HISTORY = 1000
+# A time sent as text: a number or an ISO-8601 time, so at least one digit (JSON Schema patterns search).
+TIME_PATTERN = r"[0-9]"
+TimeText = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=TIME_PATTERN)]
 TIME_DESCRIPTION = ("in the log's own time unit: unix seconds or ISO-8601 for a log in real time, the raw "
                     "number for a log with pseudo-time")
 
@@ -43,7 +60,7 @@ class HistoryEventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     item: external_id()
-    timestamp: float | str | None = Field(None, description=f"when it happened, {TIME_DESCRIPTION}")
+    timestamp: StrictFloat | TimeText | None = Field(None, description=f"when it happened, {TIME_DESCRIPTION}")
 
 
 class RecommendRequest(BaseModel):
@@ -55,7 +72,7 @@ class RecommendRequest(BaseModel):
     history: list[HistoryEventIn] | None = Field(
         None, max_length=MAX_HISTORY,
         description="the user's interactions, oldest first; replaces the stored history (omit to keep it)")
-    at: float | str | None = Field(None, description=f"request time, {TIME_DESCRIPTION}; default: now")
+    at: StrictFloat | TimeText | None = Field(None, description=f"request time, {TIME_DESCRIPTION}; default: now")
     k: int = Field(10, ge=1)
     exclude: list[external_id()] = Field(default_factory=list, description="item ids never to return")
     context: dict[str, float] = Field(default_factory=dict, description="the bundle's context columns (see /version)")
@@ -78,6 +95,14 @@ class SimilarResponse(BaseModel):
     model_version: str
 
 
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 574713.0 as an integer, so the event schema accepts it as 574713; strict
+    int validation still refuses booleans, strings and fractional or non-finite numbers."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -86,7 +111,7 @@ class EventIn(BaseModel):
     event: Annotated[str, StringConstraints(min_length=1, max_length=MAX_EVENT_TYPE_LENGTH, pattern=ID_PATTERN)] = (
         "interaction"
     )
-    timestamp: int | None = Field(
+    timestamp: Annotated[int | None, BeforeValidator(_integral)] = Field(
         None, strict=True, ge=0, le=MAX_TIMESTAMP,
         description="unix seconds (not milliseconds); omitted means when the server stored it",
     )

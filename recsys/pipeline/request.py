@@ -30,6 +30,8 @@ def request_time(value: float | str | None, real_time: bool) -> float | None:
     if value is None or isinstance(value, int | float):
         return None if value is None else float(value)
     text = value.strip()
+    if not text:
+        raise RequestError("time: empty; send a number (or omit it)")
     try:
         return float(text)
     except ValueError:
@@ -41,6 +43,8 @@ def request_time(value: float | str | None, real_time: bool) -> float | None:
         stamp = pd.Timestamp(text)
     except (ValueError, TypeError):
         raise RequestError(f"time {value!r}: expected unix seconds or ISO-8601") from None
+    if stamp is pd.NaT:
+        raise RequestError(f"time {value!r}: not a time")
     if stamp.tzinfo is None:
         stamp = stamp.tz_localize("UTC")
     return float(stamp.timestamp())

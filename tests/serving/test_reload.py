@@ -147,9 +147,9 @@ def test_a_bundle_failing_its_smoke_test_is_refused(client, bundles, monkeypatch
 
 
 @pytest.mark.parametrize("path", ["/definitely/not/here", "/", "x" * 4000])
-def test_a_path_without_a_bundle_is_422(client, path):
+def test_a_path_without_a_bundle_is_404(client, path):
     response = client.post("/admin/reload", headers=admin_headers(), json={"path": path})
-    assert response.status_code == 422
+    assert response.status_code == 404
     assert response.json()["error"] == "bundle_not_found"
 
 
@@ -170,3 +170,19 @@ def test_the_watcher_follows_the_current_pointer(bundles, tmp_path):
         while served_version(client) != bundles.v2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert served_version(client) == bundles.v2
+
+
+def test_a_reload_frees_the_bundle_it_replaced(client, bundles):
+    """Nothing keeps a replaced bundle alive (the lifespan, caches, metrics, the batcher): after a
+    reload and the requests it served, the old model is collected."""
+    import gc
+    import weakref
+
+    first = weakref.ref(client.app.state.services.state.live.model)
+    for path in (bundles.version_dir(bundles.v2), bundles.version_dir(bundles.v1)):
+        assert client.get("/recommend", params={"user": "u0", "k": 3}).status_code == 200
+        assert client.get("/similar", params={"item": "i0", "k": 3}).status_code == 200
+        assert reload_to(client, path).status_code == 200
+    gc.collect()
+    assert first() is None
+    assert served_version(client) == bundles.v1  # the same version, loaded anew

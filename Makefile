@@ -90,6 +90,8 @@ RETRAIN_ARGS ?=
 loadtest: bundles
 	$(BIN)/python -m loadtest.compare --teacher $(BUNDLES)/teacher --compressed $(BUNDLES)/compressed \
 		--dataset $(DATASET) --out $(LOADTEST_OUT) $(LOADTEST_ARGS)
+	$(BIN)/python -m loadtest.overload --bundle $(BUNDLES)/compressed --dataset $(DATASET) \
+		--out $(LOADTEST_OUT)/overload
 
 # Base log (DATASET, or DATA=log.csv ITEMS=catalog.csv) + the server's feedback events -> train -> compress
 # (gate) -> publish into $(BUNDLES) -> hot reload at SERVER_URL (RECSYS_ADMIN_TOKEN). E.g. RETRAIN_ARGS=--fast.

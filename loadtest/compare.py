@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -40,6 +41,9 @@ from recsys.bundle.publish import resolve_bundle
 log = logging.getLogger(__name__)
 
 KINDS = ("teacher", "compressed", "ceiling")
+# The same bundles answering one request per model call (the batcher's max_batch=1): what
+# batching buys, measured in the same run.
+UNBATCHED = {"teacher-unbatched": "teacher", "compressed-unbatched": "compressed"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,8 @@ class CompareConfig:
     server_core: int | None = 0
     locust_core: int | None = 1
     seed: int = 0
+    light_seconds: int = 15
+    unbatched: bool = True
 
 
 def parse_args(argv: list[str] | None = None) -> CompareConfig:
@@ -75,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> CompareConfig:
     parser.add_argument("--locust-core", type=int, default=1)
     parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--light-seconds", type=int, default=15,
+                        help="light load per server: one user, closed loop (0: skip)")
+    parser.add_argument("--no-unbatched", action="store_true",
+                        help="skip the teacher and compressed servers run with max_batch=1")
     args = parser.parse_args(argv)
     for name in ("users", "max_seconds", "fixed_seconds", "rounds"):
         if getattr(args, name) < 1:
@@ -84,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> CompareConfig:
     return CompareConfig(args.teacher, args.compressed, args.dataset, args.out, args.users, args.max_seconds,
                          args.fixed_seconds, max(0, args.warmup_seconds), args.fixed_fraction, args.rounds,
                          None if args.no_pin else args.server_core, None if args.no_pin else args.locust_core,
-                         args.seed)
+                         args.seed, max(0, args.light_seconds), not args.no_unbatched)
 
 
 def bundle_bytes(bundle: Path) -> int:
@@ -98,6 +108,35 @@ def server_command(kind: str, bundle: Path, events_db: Path) -> list[str]:
                 "--port", "0"]
     return [sys.executable, "-m", "serving", "--bundle", str(bundle), "--host", "127.0.0.1", "--port", "0",
             "--workers", "1", "--events-db", str(events_db)]
+
+
+def batch_histogram(url: str) -> dict[str, float]:
+    """The server's ``recsys_batch_size`` buckets (cumulative counts by upper bound) over all endpoints."""
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    counts: dict[str, float] = {}
+    for bound, value in re.findall(r'^recsys_batch_size_bucket\{[^}]*le="([^"]+)"\} (\S+)$', text, re.MULTILINE):
+        counts[bound] = counts.get(bound, 0.0) + float(value)
+    return counts
+
+
+def histogram_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
+    """Batches per size range between two cumulative snapshots: ``{"1": n, "2": n, "3-4": n, ..., ">256": n}``."""
+    finite = sorted((bound for bound in after if bound != "+Inf"), key=float)
+    out: dict[str, int] = {}
+    below, low = 0.0, 1
+    for bound in [*finite, "+Inf"]:
+        cumulative = after.get(bound, 0.0) - before.get(bound, 0.0)
+        if bound == "+Inf":
+            label = f">{low - 1}"
+        else:
+            high = int(float(bound))
+            label = str(high) if high == low else f"{low}-{high}"
+            low = high + 1
+        out[label] = int(round(cumulative - below))
+        below = cumulative
+    return out
 
 
 def run_row(kind: str, mode: str, rounds: list[LocustStats], size: int) -> dict:
@@ -136,7 +175,7 @@ class Comparison:
         self.load_at_start = [round(x, 2) for x in os.getloadavg()]
 
     def locust_env(self, kind: str, rate_per_user: float | None) -> dict[str, str]:
-        sample_from = self.cfg.teacher if kind == "teacher" else self.cfg.compressed
+        sample_from = self.cfg.teacher if UNBATCHED.get(kind, kind) == "teacher" else self.cfg.compressed
         env = {"RECSYS_LOADTEST_BUNDLE": str(sample_from), "RECSYS_LOADTEST_MIX": "recommend",
                "RECSYS_LOADTEST_CHECKS": "shape" if kind == "ceiling" else "full",
                "RECSYS_LOADTEST_SEED": str(self.cfg.seed), "RECSYS_LOADTEST_RATE": ""}
@@ -146,12 +185,16 @@ class Comparison:
 
     def run(self, events_dir: Path) -> None:
         cfg = self.cfg
+        kinds = [*KINDS, *(UNBATCHED if cfg.unbatched else ())]
         with ExitStack() as stack:
             servers = []
-            for kind, bundle in zip(KINDS, (cfg.teacher, cfg.compressed, cfg.compressed), strict=True):
-                command = pinned(server_command(kind, bundle, events_dir / f"{kind}.sqlite"), cfg.server_core)
+            for kind in kinds:
+                base = UNBATCHED.get(kind, kind)
+                bundle = cfg.teacher if base == "teacher" else cfg.compressed
+                command = pinned(server_command(base, bundle, events_dir / f"{kind}.sqlite"), cfg.server_core)
+                env = {"RECSYS_MAX_BATCH": "1"} if kind in UNBATCHED else {}
                 log.info("%s: starting %s", kind, " ".join(command[:6]))
-                process, url = stack.enter_context(running_server(command, self.raw / f"{kind}-server.log"))
+                process, url = stack.enter_context(running_server(command, self.raw / f"{kind}-server.log", env=env))
                 servers.append(Server(kind, bundle, url, process.pid,
                                       0 if kind == "ceiling" else bundle_bytes(bundle)))
             for server in servers:
@@ -165,18 +208,22 @@ class Comparison:
                 return
             self.fixed_rps = max(1.0, cfg.fixed_fraction * teacher_max)
             self.phase(servers, "fixed", cfg.fixed_seconds, self.fixed_rps / cfg.users)
+            if cfg.light_seconds:
+                self.phase(servers, "light", cfg.light_seconds, None, users=1)
 
-    def phase(self, servers: list[Server], mode: str, seconds: int, rate_per_user: float | None) -> None:
+    def phase(self, servers: list[Server], mode: str, seconds: int, rate_per_user: float | None,
+              users: int | None = None) -> None:
         cfg = self.cfg
+        users = users or cfg.users
         per_round = max(1, math.ceil(seconds / cfg.rounds))
         done: dict[str, list[LocustStats]] = {server.kind: [] for server in servers}
+        batches_before = {server.kind: batch_histogram(server.url) for server in servers if server.kind != "ceiling"}
         for number in range(cfg.rounds):
             for server in servers[number % len(servers):] + servers[:number % len(servers)]:
                 log.info("%s %s, round %d/%d: %d users, %s, %d s", server.kind, mode, number + 1, cfg.rounds,
-                         cfg.users, f"{rate_per_user * cfg.users:.0f} req/s" if rate_per_user else "closed loop",
-                         per_round)
+                         users, f"{rate_per_user * users:.0f} req/s" if rate_per_user else "closed loop", per_round)
                 try:
-                    stats = self.locust(server, f"{mode}-{number + 1}", per_round, rate_per_user)
+                    stats = self.locust(server, f"{mode}-{number + 1}", per_round, rate_per_user, users)
                 except HarnessError as exc:
                     self.problems.append(f"{server.kind} {mode} round {number + 1}: {exc}")
                     log.error("%s", self.problems[-1])
@@ -187,12 +234,16 @@ class Comparison:
             if done[server.kind]:
                 self.runs.append(run_row(server.kind, mode, done[server.kind], server.size))
                 row = self.runs[-1]
+                if server.kind in batches_before:
+                    row["batch_sizes"] = histogram_delta(batches_before[server.kind], batch_histogram(server.url))
                 log.info("%s %s: %.0f req/s, p50 %.2f ms, p99 %.2f ms, %d/%d failed, server CPU %s%%, Locust CPU %s%%",
                          server.kind, mode, row["rps"], row["p50_ms"], row["p99_ms"], row["failures"],
                          row["requests"], _pct(row["server_cpu"]), _pct(row["locust_cpu"]))
 
-    def locust(self, server: Server, label: str, seconds: int, rate_per_user: float | None) -> LocustStats:
-        return run_locust(server.url, self.raw / f"{server.kind}-{label}", users=self.cfg.users, seconds=seconds,
+    def locust(self, server: Server, label: str, seconds: int, rate_per_user: float | None,
+               users: int | None = None) -> LocustStats:
+        return run_locust(server.url, self.raw / f"{server.kind}-{label}", users=users or self.cfg.users,
+                          seconds=seconds,
                           env=self.locust_env(server.kind, rate_per_user), core=self.cfg.locust_core,
                           server_pid=server.pid)
 
@@ -212,14 +263,29 @@ class Comparison:
         def p99(kind: str) -> float | None:
             return next((r["p99_ms"] for r in self.runs if r["bundle"] == kind and r["mode"] == "fixed"), None)
 
+        def p50_light(kind: str) -> float | None:
+            return next((r["p50_ms"] for r in self.runs if r["bundle"] == kind and r["mode"] == "light"), None)
+
+        def cpu(kind: str) -> float | None:  # server CPU ms per request at max load
+            row = next((r for r in self.runs if r["bundle"] == kind and r["mode"] == "max"), None)
+            return None if row is None or row["server_cpu"] is None or not row["rps"] else \
+                10.0 * row["server_cpu"] / row["rps"]
+
         cfg = self.cfg
         return {
             "dataset": cfg.dataset,
             "runs": self.runs,
             "ratios": {"throughput": _ratio(rps("compressed", "max"), rps("teacher", "max")),
                        "p99_fixed": _ratio(p99("compressed"), p99("teacher")),
-                       "of_ceiling": _ratio(rps("compressed", "max"), rps("ceiling", "max"))},
+                       "of_ceiling": _ratio(rps("compressed", "max"), rps("ceiling", "max")),
+                       "cpu_per_request_of_ceiling": _ratio(cpu("compressed"), cpu("ceiling")),
+                       "light_p50_batched_vs_unbatched": _ratio(p50_light("compressed"),
+                                                                p50_light("compressed-unbatched")),
+                       "batching_throughput_compressed": _ratio(rps("compressed", "max"),
+                                                                rps("compressed-unbatched", "max")),
+                       "batching_throughput_teacher": _ratio(rps("teacher", "max"), rps("teacher-unbatched", "max"))},
             "settings": {"users": cfg.users, "max_seconds": cfg.max_seconds, "fixed_seconds": cfg.fixed_seconds,
+                         "light_seconds": cfg.light_seconds, "unbatched": cfg.unbatched,
                          "rounds": cfg.rounds, "warmup_seconds": cfg.warmup_seconds,
                          "fixed_rps_target": self.fixed_rps, "fixed_fraction": cfg.fixed_fraction,
                          "server_core": cfg.server_core, "locust_core": cfg.locust_core, "workers": 1,

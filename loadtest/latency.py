@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # importing locust monkey-patches the process (gevent): only 
     from locust.env import Environment
 
 AGGREGATED = "Aggregated"
+SHED_SUFFIX = "[503]"  # request names of shed responses: "/recommend [503]"
 PERCENTILES = {"p50_ms": 50, "p95_ms": 95, "p99_ms": 99}
 
 

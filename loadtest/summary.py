@@ -30,6 +30,8 @@ def markdown(summary: dict) -> str:
              f"teacher's max), {settings.get('fixed_seconds')} s per server, each user paced from a random phase. "
              f"Each phase runs in {rounds} rounds visiting the servers in rotating order: req/s and CPU are "
              "medians over rounds, latency percentiles pool all rounds (client-side, exact to the µs). "
+             f"`light`: one user, closed loop, {settings.get('light_seconds', 0)} s per server. "
+             "`-unbatched` servers are the same bundles with `RECSYS_MAX_BATCH=1` (one request per model pass). "
              f"A {settings.get('warmup_seconds')} s warm-up per server first; stats reset once all users run. "
              f"Machine load average {settings.get('load_average_at_start')} at start, "
              f"{settings.get('load_average_at_end')} at end ({settings.get('cpus')} CPUs): other work on the "
@@ -48,11 +50,43 @@ def markdown(summary: dict) -> str:
     lines += ["", "| ratio | value |", "|---|--:|",
               f"| throughput (compressed / teacher, max req/s) | {_num(ratios['throughput'], 2)} |",
               f"| p99 at the fixed rate (compressed / teacher) | {_num(ratios['p99_fixed'], 2)} |",
-              f"| of ceiling (compressed / ceiling, max req/s) | {_num(ratios['of_ceiling'], 2)} |", ""]
+              f"| of ceiling (compressed / ceiling, max req/s) | {_num(ratios['of_ceiling'], 2)} |"]
+    for key, label in OPTIONAL_RATIOS:
+        if ratios.get(key) is not None:
+            lines.append(f"| {label} | {_num(ratios[key], 2)} |")
+    lines += ["", *_batch_table(summary["runs"])]
     notes = _notes(summary)
     if notes:
         lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     return "\n".join(lines)
+
+
+OPTIONAL_RATIOS = (
+    ("cpu_per_request_of_ceiling", "server CPU per request at max load (compressed / ceiling)"),
+    ("batching_throughput_compressed", "batching: compressed max req/s (max_batch default / 1)"),
+    ("batching_throughput_teacher", "batching: teacher max req/s (max_batch default / 1)"),
+    ("light_p50_batched_vs_unbatched", "light load p50, compressed (batched / max_batch 1)"),
+)
+
+
+def _batch_table(runs: list[dict]) -> list[str]:
+    """Batch sizes at max load: how many model passes answered how many requests each."""
+    rows = [run for run in runs if run["mode"] == "max" and run.get("batch_sizes")]
+    if not rows:
+        return []
+    labels = list(rows[0]["batch_sizes"])
+    lines = ["Batch sizes at max load (model passes per size range; requests per pass):", "",
+             "| bundle | " + " | ".join(labels) + " | mean |", "|---|" + "--:|" * (len(labels) + 1)]
+    for run in rows:
+        sizes = run["batch_sizes"]
+        lines.append(f"| {run['bundle']} | " + " | ".join(f"{sizes.get(label, 0):,}" for label in labels)
+                     + f" | {_num(_mean_batch(run), 1)} |")
+    return [*lines, ""]
+
+
+def _mean_batch(run: dict) -> float | None:
+    passes = sum(run["batch_sizes"].values())
+    return run["requests"] / passes if passes else None
 
 
 def _cpu_ms_per_request(run: dict) -> float | None:

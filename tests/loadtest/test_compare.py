@@ -6,11 +6,12 @@ import json
 
 import numpy as np
 
+from loadtest.compare import histogram_delta, run_row
 from loadtest.compare import main as compare_main
-from loadtest.compare import run_row
 from loadtest.harness import LocustStats, parse_stats_csv, pinned
 from loadtest.summary import markdown
 
+KINDS = ("teacher", "compressed", "ceiling", "teacher-unbatched", "compressed-unbatched")
 RUN_KEYS = {"bundle", "mode", "rps", "p50_ms", "p95_ms", "p99_ms", "max_ms", "requests", "failures", "server_cpu",
             "server_rss_mb", "locust_cpu", "bundle_bytes"}
 
@@ -20,24 +21,33 @@ def test_compare_writes_the_summary(tiny, tmp_path, monkeypatch):
     out = tmp_path / "report"
     code = compare_main(["--teacher", str(tiny.bundles / "teacher"), "--compressed", str(tiny.bundles / "compressed"),
                          "--dataset", "tiny", "--out", str(out), "--users", "4", "--max-seconds", "2",
-                         "--fixed-seconds", "2", "--rounds", "2", "--warmup-seconds", "0"])
+                         "--fixed-seconds", "2", "--light-seconds", "2", "--rounds", "2", "--warmup-seconds", "0"])
     summary = json.loads((out / "summary.json").read_text())
     assert code == 0, summary["problems"]
     assert summary["dataset"] == "tiny"
     assert [(run["bundle"], run["mode"]) for run in summary["runs"]] == [
-        (kind, mode) for mode in ("max", "fixed") for kind in ("teacher", "compressed", "ceiling")]
-    assert len(summary["rounds"]) == 2 * 3 * 2  # rounds x servers x phases
-    first, second = ([r["bundle"] for r in summary["rounds"][i:i + 3]] for i in (0, 3))
-    assert first == ["teacher", "compressed", "ceiling"] and second == ["compressed", "ceiling", "teacher"]
+        (kind, mode) for mode in ("max", "fixed", "light") for kind in KINDS]
+    assert len(summary["rounds"]) == 2 * 5 * 3  # rounds x servers x phases
+    first, second = ([r["bundle"] for r in summary["rounds"][i:i + 5]] for i in (0, 5))
+    assert first == list(KINDS) and second == [*KINDS[1:], KINDS[0]]
     for run in summary["runs"]:
-        assert set(run) == RUN_KEYS
+        assert set(run) == RUN_KEYS | ({"batch_sizes"} if run["bundle"] != "ceiling" else set())
         assert run["requests"] > 0 and run["failures"] == 0 and run["rps"] > 0
         assert 0 < run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"] <= run["max_ms"]
         assert run["server_rss_mb"] > 10 and run["server_cpu"] is not None and run["locust_cpu"] is not None
+        if run["bundle"].endswith("-unbatched"):  # max_batch=1: every model pass answered one request
+            assert set(k for k, n in run["batch_sizes"].items() if n) == {"1"}, run["batch_sizes"]
+        elif run["bundle"] != "ceiling":
+            assert sum(run["batch_sizes"].values()) > 0
+    light = [run for run in summary["runs"] if run["mode"] == "light"]
+    assert all(run["batch_sizes"]["1"] == sum(run["batch_sizes"].values()) for run in light if "batch_sizes" in run)
     sizes = {run["bundle"]: run["bundle_bytes"] for run in summary["runs"]}
     assert sizes["compressed"] < sizes["teacher"] and sizes["ceiling"] == 0
-    assert set(summary["ratios"]) == {"throughput", "p99_fixed", "of_ceiling"}
+    assert set(summary["ratios"]) == {"throughput", "p99_fixed", "of_ceiling", "cpu_per_request_of_ceiling",
+                                      "light_p50_batched_vs_unbatched", "batching_throughput_compressed",
+                                      "batching_throughput_teacher"}
     assert all(value > 0 for value in summary["ratios"].values())
+    assert "Batch sizes at max load" in (out / "summary.md").read_text()
     fixed = [run for run in summary["runs"] if run["mode"] == "fixed"]
     target = summary["settings"]["fixed_rps_target"]
     assert all(run["rps"] < 1.5 * target for run in fixed)  # constant_throughput paces users: not a closed loop
@@ -86,3 +96,9 @@ def test_rounds_pool_samples_and_take_medians():
     assert row["rps"] == 200 and row["server_cpu"] == 70 and row["server_rss_mb"] == 400
     assert row["requests"] == 6 and row["max_ms"] == 100 and row["p50_ms"] == 3.5 and row["bundle_bytes"] == 7
     assert set(row) == RUN_KEYS
+
+
+def test_batch_histogram_delta_counts_batches_per_size_range():
+    before = {"1.0": 10, "2.0": 12, "4.0": 12, "8.0": 20, "+Inf": 20}
+    after = {"1.0": 15, "2.0": 20, "4.0": 25, "8.0": 40, "+Inf": 41}
+    assert histogram_delta(before, after) == {"1": 5, "2": 3, "3-4": 5, "5-8": 7, ">8": 1}

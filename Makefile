@@ -86,7 +86,8 @@ EVENTS_DB ?= $(DATA_DIR)/events.sqlite
 SERVER_URL ?= http://$(HOST):$(PORT)
 RETRAIN_ARGS ?=
 
-# Teacher vs compressed vs a no-model ceiling: server on core 0, Locust on core 1 (~5 min).
+# Teacher vs compressed vs a no-model ceiling (batched and max_batch=1): server on core 0, Locust on
+# core 1 (~10 min); then the overload run (~2 min).
 loadtest: bundles
 	$(BIN)/python -m loadtest.compare --teacher $(BUNDLES)/teacher --compressed $(BUNDLES)/compressed \
 		--dataset $(DATASET) --out $(LOADTEST_OUT) $(LOADTEST_ARGS)

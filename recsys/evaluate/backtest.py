@@ -258,10 +258,11 @@ def _log_counts(counts: dict, source: str) -> None:
 
 def check_bundle_path(path: str | Path) -> Path:
     from recsys.bundle.load import is_bundle
+    from recsys.bundle.manifest import MANIFEST_NAME
 
     path = Path(path)
     if not path.is_dir() or not is_bundle(path):
-        raise ModelSpecError(f"--events scores a bundle: --model must be a bundle directory (with manifest.json) "
+        raise ModelSpecError(f"--events scores a bundle: --model must be a bundle directory (with {MANIFEST_NAME}) "
                              f"or a bundles root, got {str(path)!r}")
     return path
 

@@ -86,5 +86,7 @@ def load_model(spec: str, split: Split, model_stage: str = "full", allow_seen: b
         for matches, loader in DIRECTORY_LOADERS:
             if matches(path):
                 return loader(path, split, model_stage, allow_seen)
-        raise ModelSpecError(f"{path} is not a model directory or bundle (no config.json / manifest.json)")
+        from recsys.bundle.manifest import MANIFEST_NAME
+
+        raise ModelSpecError(f"{path} is not a model directory or bundle (no config.json / {MANIFEST_NAME})")
     raise ModelSpecError(f"unknown model {spec!r}: use one of {sorted(BASELINES)} or a model/bundle directory")

@@ -35,8 +35,8 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # One thread per worker: throughput comes from worker processes, not threads per query.
-        # OpenMP keeps this per OS thread: the batcher's model thread sets it for the searches
-        # (`model_batcher`), here it covers the event-loop thread.
+        # OpenMP keeps this per OS thread, so it is set here, on the event-loop thread that runs
+        # the batcher's searches (load_serving_model's call only covers the loading thread).
         set_faiss_threads(settings.threads)
         services.batcher.start()
         store = EventStore(settings.events_db)
@@ -87,8 +87,7 @@ def model_batcher(settings: Settings, metrics: ServingMetrics) -> Batcher:
         metrics.observe_queue(stats.waits_s)
 
     return Batcher(lambda calls: run_calls(calls, metrics), settings.max_batch, settings.max_queue,
-                   settings.queue_deadline_s, on_batch=observe, on_shed=metrics.observe_shed,
-                   thread_setup=lambda: set_faiss_threads(settings.threads))
+                   settings.queue_deadline_s, on_batch=observe, on_shed=metrics.observe_shed)
 
 
 def create_app_from_env() -> FastAPI:

@@ -41,9 +41,11 @@ from recsys.bundle.publish import resolve_bundle
 log = logging.getLogger(__name__)
 
 KINDS = ("teacher", "compressed", "ceiling")
-# The same bundles answering one request per model call (the batcher's max_batch=1): what
-# batching buys, measured in the same run.
+# The same bundles answering one request per model pass (the batcher's max_batch=1): what
+# batching buys, measured in the same run ...
 UNBATCHED = {"teacher-unbatched": "teacher", "compressed-unbatched": "compressed"}
+# ... and without load shedding, as the server answered before it had a batcher.
+UNBATCHED_ENV = {"RECSYS_MAX_BATCH": "1", "RECSYS_MAX_QUEUE": "1000000", "RECSYS_QUEUE_DEADLINE_S": "3600"}
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,7 @@ class Comparison:
                 base = UNBATCHED.get(kind, kind)
                 bundle = cfg.teacher if base == "teacher" else cfg.compressed
                 command = pinned(server_command(base, bundle, events_dir / f"{kind}.sqlite"), cfg.server_core)
-                env = {"RECSYS_MAX_BATCH": "1"} if kind in UNBATCHED else {}
+                env = UNBATCHED_ENV if kind in UNBATCHED else {}
                 log.info("%s: starting %s", kind, " ".join(command[:6]))
                 process, url = stack.enter_context(running_server(command, self.raw / f"{kind}-server.log", env=env))
                 servers.append(Server(kind, bundle, url, process.pid,

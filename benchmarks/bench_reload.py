@@ -4,7 +4,7 @@
 
 Starts ``python -m serving`` (one worker, 127.0.0.1) on bundle A, then ``POST /admin/reload``
 ``--reloads`` times alternating B, A, B, ... with a few requests before each, and reads the
-server's resident set size (``VmRSS`` in ``/proc/PID/status``) after each reload. The bar
+server's resident set size after each reload. The bar
 (issue 18): every reading from the 2nd on stays within 10 % of the 2nd (both bundles are then
 loaded once); the two bundles differ in size, so each reading is compared with the same bundle's
 reading in that first cycle (B: after the 1st reload, A: after the 2nd). Writes
@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.plots import finish_axes, save_figure
-from loadtest.harness import running_server
+from loadtest.harness import rss_mb, running_server
 from recsys.bundle.load import read_id_maps
 from recsys.bundle.publish import resolve_bundle
 
@@ -32,13 +32,6 @@ log = logging.getLogger(__name__)
 TOKEN = "bench-reload-token"
 REQUESTS_PER_RELOAD = 50
 BAR = 0.10
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def measure(a: Path, b: Path, reloads: int) -> list[float]:

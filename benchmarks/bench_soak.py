@@ -24,9 +24,9 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.bench_reload import BAR, TOKEN, rss_mb
+from benchmarks.bench_reload import BAR, TOKEN
 from benchmarks.plots import finish_axes, save_figure
-from loadtest.harness import pinned, run_locust, running_server
+from loadtest.harness import pinned, rss_mb, run_locust, running_server
 from recsys.bundle.publish import resolve_bundle
 
 log = logging.getLogger(__name__)

@@ -106,6 +106,11 @@ def stop(process: subprocess.Popen, timeout_s: float = 15) -> None:
         process.wait()
 
 
+def rss_mb(pid: int) -> float:
+    """A process's resident set size now, in MB."""
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
 class ProcessSampler:
     """Samples a process's CPU time and RSS in a background thread until stopped or the process ends."""
 

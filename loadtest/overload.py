@@ -27,7 +27,7 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from loadtest.harness import HarnessError, LocustStats, pinned, run_locust, running_server
+from loadtest.harness import HarnessError, LocustStats, pinned, rss_mb, run_locust, running_server
 from loadtest.latency import AGGREGATED, SHED_SUFFIX, read_latencies
 from recsys.bundle.publish import resolve_bundle
 
@@ -48,13 +48,6 @@ class OverloadConfig:
     recovery_fraction: float = 0.5
     server_core: int | None = 0
     locust_core: int | None = 1
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise HarnessError(f"no VmRSS for process {pid}")
 
 
 def split_latencies(prefix: Path) -> dict[str, dict]:

@@ -46,7 +46,6 @@ class Job:
 class BatchStats:
     size: int
     waits_s: list[float]  # each request's time in the queue
-    shed: int  # requests dropped at the deadline when the batch was taken
 
 
 class Batcher:
@@ -75,10 +74,6 @@ class Batcher:
             if not job.future.done():
                 job.future.set_exception(NotReady("the model queue stopped (the server is shutting down)"))
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
     async def submit(self, payload: Any) -> Any:
         """The payload's result once its batch has run; `Overloaded` when the queue is full or
         the request waited past its deadline."""
@@ -100,13 +95,13 @@ class Batcher:
     async def _drain(self) -> None:
         try:
             while self._waiting:
-                batch, shed = self._take()
+                batch = self._take()
                 if batch:
-                    self._answer(batch, shed)
+                    self._answer(batch)
         finally:
             self._draining = False
 
-    def _answer(self, batch: list[Job], shed: int) -> None:
+    def _answer(self, batch: list[Job]) -> None:
         started = time.perf_counter()
         results = self._run_batch([job.payload for job in batch])
         for job, result in zip(batch, results, strict=True):
@@ -117,12 +112,12 @@ class Batcher:
             else:
                 job.future.set_result(result)
         if self.on_batch is not None:
-            self.on_batch(BatchStats(len(batch), [started - job.enqueued for job in batch], shed))
+            self.on_batch(BatchStats(len(batch), [started - job.enqueued for job in batch]))
 
-    def _take(self) -> tuple[list[Job], int]:
+    def _take(self) -> list[Job]:
         """Up to ``max_batch`` waiting jobs; those past their deadline are answered 503 instead."""
         now = time.perf_counter()
-        batch, shed = [], 0
+        batch = []
         while self._waiting and len(batch) < self.max_batch:
             job = self._waiting.popleft()
             if job.future.done():
@@ -131,10 +126,9 @@ class Batcher:
                 self._shed("deadline")
                 job.future.set_exception(self._overloaded(
                     f"the request waited {now - job.enqueued:.3f} s for the model (deadline {self.deadline_s} s)"))
-                shed += 1
                 continue
             batch.append(job)
-        return batch, shed
+        return batch
 
     def _run_batch(self, payloads: list[Any]) -> Sequence[Any]:
         """The batch's results, or exceptions in their place: if the batch as a whole fails, each

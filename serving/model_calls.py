@@ -2,8 +2,8 @@
 
 Requests are grouped by endpoint and by the bundle they were parsed against (a hot swap may land
 between two requests of one batch), each group answered by one pass of that bundle's pipeline
-(`ServingModel.recommend_many` / `similar_many`), and every answer is encoded here, on the
-model thread, so the event loop only sends bytes.
+(`ServingModel.recommend_many` / `similar_many`), and every answer is encoded here, as part of
+the batch, so the route only wraps bytes in a response.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def bundles(tmp_path_factory) -> Bundles:
 
 @pytest.fixture
 def settings(bundles, tmp_path) -> Settings:
-    # No load shedding in functional tests: a busy test machine may stall the model thread for a
+    # No load shedding in functional tests: a busy test machine may stall the event loop for a
     # while (tests/serving/test_batcher.py and the overload benchmark cover shedding).
     return Settings(bundle=bundles.root, events_db=tmp_path / "events.sqlite", admin_token=ADMIN_TOKEN,
                     queue_deadline_s=60.0, max_queue=10_000)

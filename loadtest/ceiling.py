@@ -23,6 +23,7 @@ from loadtest.traffic import Population
 from recsys.bundle.load import read_titles
 from recsys.bundle.manifest import BundleError
 from recsys.bundle.publish import resolve_bundle
+from serving.settings import EVENT_LOOP, fastapi_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ def create_ceiling_app(bundle: Path) -> FastAPI:
     version, tails = precomputed_tails(bundle_dir, people)
     personal = people.users_with_history()
     version_body = to_json({"bundle_version": version, "kind": "ceiling"})
-    app = FastAPI(title="recsys ceiling", summary="precomputed /recommend answers: the framework's ceiling")
+    app = FastAPI(title="recsys ceiling", summary="precomputed /recommend answers: the framework's ceiling",
+                  telemetry=fastapi_telemetry(False))  # configured as the server is
 
     @app.get("/recommend")
     async def recommend(user: Annotated[str, Query(min_length=1, max_length=MAX_ID_LENGTH)],
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"python -m loadtest.ceiling: error: {exc}\n")
         return 2
     # The settings python -m serving uses for one worker (access log off).
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, loop=EVENT_LOOP)
     return 0
 
 

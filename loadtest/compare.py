@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import numpy as np
 
 from loadtest.harness import HarnessError, LocustStats, pinned, run_locust, running_server
 from loadtest.latency import percentiles
+from loadtest.server_metrics import buckets, histogram_delta, scrape
 from loadtest.summary import write_summary
 from recsys.bundle.manifest import BundleError, load_manifest
 from recsys.bundle.publish import resolve_bundle
@@ -112,33 +112,9 @@ def server_command(kind: str, bundle: Path, events_db: Path) -> list[str]:
             "--workers", "1", "--events-db", str(events_db)]
 
 
-def batch_histogram(url: str) -> dict[str, float]:
-    """The server's ``recsys_batch_size`` buckets (cumulative counts by upper bound) over all endpoints."""
-    import httpx
-
-    text = httpx.get(f"{url}/metrics", timeout=30).text
-    counts: dict[str, float] = {}
-    for bound, value in re.findall(r'^recsys_batch_size_bucket\{[^}]*le="([^"]+)"\} (\S+)$', text, re.MULTILINE):
-        counts[bound] = counts.get(bound, 0.0) + float(value)
-    return counts
-
-
-def histogram_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
-    """Batches per size range between two cumulative snapshots: ``{"1": n, "2": n, "3-4": n, ..., ">256": n}``."""
-    finite = sorted((bound for bound in after if bound != "+Inf"), key=float)
-    out: dict[str, int] = {}
-    below, low = 0.0, 1
-    for bound in [*finite, "+Inf"]:
-        cumulative = after.get(bound, 0.0) - before.get(bound, 0.0)
-        if bound == "+Inf":
-            label = f">{low - 1}"
-        else:
-            high = int(float(bound))
-            label = str(high) if high == low else f"{low}-{high}"
-            low = high + 1
-        out[label] = int(round(cumulative - below))
-        below = cumulative
-    return out
+def batch_sizes(url: str) -> dict[str, float]:
+    """The server's ``recsys_batch_size`` histogram now (cumulative, all endpoints)."""
+    return buckets(scrape(url), "recsys_batch_size")
 
 
 def run_row(kind: str, mode: str, rounds: list[LocustStats], size: int) -> dict:
@@ -219,7 +195,7 @@ class Comparison:
         users = users or cfg.users
         per_round = max(1, math.ceil(seconds / cfg.rounds))
         done: dict[str, list[LocustStats]] = {server.kind: [] for server in servers}
-        batches_before = {server.kind: batch_histogram(server.url) for server in servers if server.kind != "ceiling"}
+        batches_before = {server.kind: batch_sizes(server.url) for server in servers if server.kind != "ceiling"}
         for number in range(cfg.rounds):
             for server in servers[number % len(servers):] + servers[:number % len(servers)]:
                 log.info("%s %s, round %d/%d: %d users, %s, %d s", server.kind, mode, number + 1, cfg.rounds,
@@ -237,7 +213,7 @@ class Comparison:
                 self.runs.append(run_row(server.kind, mode, done[server.kind], server.size))
                 row = self.runs[-1]
                 if server.kind in batches_before:
-                    row["batch_sizes"] = histogram_delta(batches_before[server.kind], batch_histogram(server.url))
+                    row["batch_sizes"] = histogram_delta(batches_before[server.kind], batch_sizes(server.url))
                 log.info("%s %s: %.0f req/s, p50 %.2f ms, p99 %.2f ms, %d/%d failed, server CPU %s%%, Locust CPU %s%%",
                          server.kind, mode, row["rps"], row["p50_ms"], row["p99_ms"], row["failures"],
                          row["requests"], _pct(row["server_cpu"]), _pct(row["locust_cpu"]))

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from loadtest.harness import HarnessError, LocustStats, pinned, rss_mb, run_locust, running_server
 from loadtest.latency import AGGREGATED, SHED_SUFFIX, read_latencies
+from loadtest.server_metrics import buckets, counts_by, quantile_bound, scrape
 from recsys.bundle.publish import resolve_bundle
 
 log = logging.getLogger(__name__)
@@ -117,10 +118,12 @@ class Overload:
                 results[number] = exc
 
         threads = [threading.Thread(target=one, args=(n,)) for n in range(self.cfg.processes)]
+        before = scrape(url)
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+        server_side = server_view(before, scrape(url))
         failed = [r for r in results if isinstance(r, Exception)]
         if failed:
             raise HarnessError(f"an overload Locust process failed: {failed[0]}")
@@ -129,15 +132,40 @@ class Overload:
         shed = sum(row["shed"]["count"] for row in rows if row.get("shed"))
         return {"processes": rows, "offered_rps": sum(row["rps"] for row in rows),
                 "accepted": accepted, "shed": shed, "other_failures": sum(row["failures"] for row in rows) - shed,
-                "server_cpu": results[0].server_cpu, "server_rss_mb_peak": results[0].server_rss_mb}
+                "server_cpu": results[0].server_cpu, "server_rss_mb_peak": results[0].server_rss_mb,
+                "server_side": server_side}
 
     def phase_row(self, stats: LocustStats, label: str) -> dict:
         return {"rps": stats.rps, "requests": stats.requests, "failures": stats.failures, "p50_ms": stats.p50_ms,
                 "p99_ms": stats.p99_ms, "max_ms": stats.max_ms, **split_latencies(self.raw / label)}
 
 
+def server_view(before: str, after: str) -> dict:
+    """The overload phase from the server's /metrics: p99 bounds (histogram buckets, seconds) of
+    /recommend from entering the app to its answer, accepted and shed apart; the model queue's
+    wait; requests shed by reason."""
+    latency = "recsys_http_request_duration_seconds"
+
+    def p99(metric: str, **labels: str) -> float | None:
+        return quantile_bound(buckets(before, metric, **labels), buckets(after, metric, **labels), 0.99)
+
+    shed_before = counts_by(before, "recsys_shed_requests", "reason")
+    return {"accepted_p99_s": p99(latency, endpoint="/recommend", status="200"),
+            "shed_p99_s": p99(latency, endpoint="/recommend", status="503"),
+            "queue_wait_p99_s": p99("recsys_queue_wait_seconds"),
+            "shed_by_reason": {reason: int(value - shed_before.get(reason, 0.0))
+                               for reason, value in counts_by(after, "recsys_shed_requests", "reason").items()}}
+
+
+def _bound_ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    return "> 2,500 ms" if seconds == float("inf") else f"≤ {seconds * 1e3:,.1f} ms"
+
+
 def markdown(result: dict) -> str:
     over, rec, rss = result["overload"], result["recovery"], result["server_rss_mb"]
+    server = over["server_side"]
     accepted = [row["accepted"] for row in over["processes"] if row.get("accepted")]
     shed = [row["shed"] for row in over["processes"] if row.get("shed")]
 
@@ -159,7 +187,13 @@ def markdown(result: dict) -> str:
         f"| recovery | {rec['rps']:.0f} (target {rec['target_rps']:.0f}) | {rec['requests'] - rec['failures']:,} | "
         f"{rec.get('shed', {}).get('count', 0):,} | {rec['failures'] - rec.get('shed', {}).get('count', 0):,} | "
         f"{rec['p50_ms']:.1f} | {rec['p99_ms']:.1f} | – | – |", "",
-        "Percentiles over several Locust processes: the worst process's. Server RSS (MB): "
+        "Percentiles over several Locust processes: the worst process's. Locust's latency includes the time a "
+        "request waits in the kernel's socket buffers and in Locust itself; from the server's /metrics (from "
+        "entering the app to the answer, histogram bucket bounds), the overload phase's accepted p99 "
+        f"{_bound_ms(server['accepted_p99_s'])}, shed p99 {_bound_ms(server['shed_p99_s'])}, queue wait p99 "
+        f"{_bound_ms(server['queue_wait_p99_s'])}; shed by reason: "
+        + (", ".join(f"{reason} {count:,}" for reason, count in sorted(server["shed_by_reason"].items())) or "none")
+        + ". Server RSS (MB): "
         + ", ".join(f"{name} {value:.0f}" for name, value in rss.items())
         + f"; peak during overload {over['server_rss_mb_peak'] or 0:.0f}.", ""])
 

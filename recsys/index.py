@@ -246,6 +246,11 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     return index.search(queries, k)
 
 
+def is_exhaustive_ip(index: faiss.Index) -> bool:
+    """Whether ``index`` scores every item by inner product (flat or scalar-quantised, no IVF)."""
+    return skips_inside(index) and index.metric_type == faiss.METRIC_INNER_PRODUCT
+
+
 def skips_inside(index: faiss.Index) -> bool:
     """Whether `search_one_without` can skip ids inside this index's scan (flat and SQ indexes)."""
     return isinstance(index, (faiss.IndexFlat, faiss.IndexScalarQuantizer))

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from recsys.bundle.manifest import BundleError, load_manifest
 from recsys.bundle.publish import resolve_bundle
-from serving.settings import Settings, settings_to_env
+from serving.settings import EVENT_LOOP, Settings, settings_to_env
 
 log = logging.getLogger("serving")
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         return _fail(f"--workers must be at least 1, got {args.workers}")
     common = {"host": args.host, "port": args.port, "log_config": log_config(args.log_level),
-              "log_level": args.log_level, "access_log": False}
+              "log_level": args.log_level, "access_log": False, "loop": EVENT_LOOP}
     if args.workers == 1:
         from serving.app import create_app
 

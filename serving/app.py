@@ -16,13 +16,13 @@ from fastapi.concurrency import run_in_threadpool
 
 from recsys.data.events import EventStore
 from recsys.index import set_faiss_threads
-from serving.batcher import Batcher, BatchStats
+from serving.batcher import Batcher, BatchStats, ShedWhenFull
 from serving.errors import BodySizeLimit, install_error_handlers
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.model_calls import run_calls
 from serving.overlay import OverlayFeeder
-from serving.routes import Services, build_router
-from serving.settings import Settings
+from serving.routes import MODEL_ROUTES, Services, build_router
+from serving.settings import Settings, fastapi_telemetry
 from serving.state import CurrentWatcher, ModelState
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
             services.batcher.close()
 
     app = FastAPI(title="recsys-compressed", summary="Recommendations from a compressed model bundle",
+                  telemetry=fastapi_telemetry(settings.opentelemetry),
                   lifespan=lifespan)
     app.state.services = services
     install_error_handlers(app)
@@ -76,6 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(router)
     endpoints = [route.path for route in router.routes] + [app.openapi_url, app.docs_url, app.redoc_url]
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ShedWhenFull, batcher=services.batcher, paths=MODEL_ROUTES)  # inside metrics: shed counted
     app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=[path for path in endpoints if path])
     return app
 

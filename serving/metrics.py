@@ -20,6 +20,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "MetricsMiddleware", "ServingMetrics"]
 REQUEST_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+QUEUE_BUCKETS = (*STAGE_BUCKETS, 0.25, 0.5, 1.0)  # up to and past the default deadline (0.5 s)
 UNMATCHED = "unmatched"
 
 
@@ -37,7 +38,7 @@ class ServingMetrics:
         self.batch_size = Histogram("recsys_batch_size", "Requests answered by one pass of the model",
                                     ["endpoint"], buckets=BATCH_BUCKETS, registry=self.registry)
         self.queue_wait = Histogram("recsys_queue_wait_seconds", "Time a request waited for the model",
-                                    buckets=STAGE_BUCKETS, registry=self.registry)
+                                    buckets=QUEUE_BUCKETS, registry=self.registry)
         self.shed = Counter("recsys_shed_requests", "Requests answered 503 by load shedding, by reason "
                             "(queue_full, deadline)", ["reason"], registry=self.registry)
         self.fallbacks = Counter("recsys_fallbacks", "Responses served from a fallback instead of the model",

@@ -2,7 +2,8 @@
 
 The hot endpoints (/recommend, /similar) are ``async``: they parse and validate the request on
 the event loop, then await the worker's `Batcher`, which answers everything waiting with one pass
-of the model on its own thread (`serving.model_calls`). /events and /admin/reload block (fsync,
+of the model (`serving.model_calls`); past a full queue they are shed before parsing
+(`serving.batcher.ShedWhenFull` on ``MODEL_ROUTES``). /events and /admin/reload block (fsync,
 loading a bundle), so they are plain ``def`` and run in the thread pool. Responses are declared as
 models (for the OpenAPI schema) but written as pre-serialised JSON;
 benchmarks/bench_response_encoding.py measures why. Every route documents its 503: no model yet,
@@ -48,6 +49,8 @@ from serving.schemas import (
 )
 from serving.settings import Settings
 from serving.state import ModelState
+
+MODEL_ROUTES = ("/recommend", "/similar")  # the routes that go through the batcher
 
 JSON = "application/json"
 _HEALTHY = HealthResponse().model_dump_json().encode()

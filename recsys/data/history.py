@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,16 @@ def csr_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
         picked = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
     return sp.csr_matrix((matrix.data[picked], matrix.indices[picked], indptr),
                          shape=(len(rows), matrix.shape[1]), copy=False)
+
+
+def stack_csr(parts: Sequence[sp.csr_matrix]) -> sp.csr_matrix:
+    """CSR matrices of equal width one under another (`scipy.sparse.vstack`'s result, without its
+    format checks and conversions: ~40 µs a call in the server's batch path)."""
+    nnz = np.cumsum([0] + [part.nnz for part in parts])
+    indptr = np.concatenate([[0]] + [part.indptr[1:] + offset for part, offset in zip(parts, nnz[:-1], strict=True)])
+    return sp.csr_matrix((np.concatenate([part.data for part in parts]),
+                          np.concatenate([part.indices for part in parts]), indptr.astype(np.int64, copy=False)),
+                         shape=(sum(part.shape[0] for part in parts), parts[0].shape[1]), copy=False)
 
 
 def as_seen(history: History | sp.csr_matrix) -> sp.csr_matrix:

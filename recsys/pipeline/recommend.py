@@ -27,7 +27,7 @@ from recsys.data.idmap import IdMap
 from recsys.pipeline.contract import Recommender
 from recsys.pipeline.feature_tables import FeatureTables
 from recsys.pipeline.ranker_features import UserSide, build_features, slice_context
-from recsys.pipeline.retrieve import drop_seen, history_inputs, search_excluding
+from recsys.pipeline.retrieve import DenseScan, drop_seen, history_inputs, search_excluding
 from recsys.pipeline.topk import topk_from_scores
 
 UserEncoder = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -130,6 +130,7 @@ class Pipeline:
         if self.score_candidates is not None and self.feature_tables is None:
             raise ValueError("a ranker needs feature_tables to build its dense inputs")
         self._popular_order = np.argsort(-self.popularity, kind="stable")
+        self._scan = DenseScan.of(self.index)  # small exhaustive indexes: one product per batch
 
     @property
     def n_items(self) -> int:
@@ -201,7 +202,7 @@ class Pipeline:
         users1, history1 = history_inputs(users, recent, self.history_len, self.n_users)
         user_vec = np.ascontiguousarray(self.encode_users(users1, history1), dtype=np.float32)
         clock.lap("user_tower")
-        cands, cand_scores = search_excluding(self.index, user_vec, n_candidates, banned)
+        cands, cand_scores = search_excluding(self.index, user_vec, n_candidates, banned, self._scan)
         clock.lap("ann")
         return user_vec, cands, cand_scores
 

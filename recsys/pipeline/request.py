@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recsys.data.history import History
+from recsys.data.history import History, stack_csr
 
 
 class RequestError(ValueError):
@@ -73,4 +73,4 @@ def stack_rows(rows: Sequence[History]) -> History:
     for part in rows:
         recent[start:start + len(part.recent), width - part.recent.shape[1]:] = part.recent
         start += len(part.recent)
-    return History(sp.vstack([part.seen for part in rows], format="csr"), recent)
+    return History(stack_csr([part.seen for part in rows]), recent)

@@ -21,16 +21,63 @@ def history_inputs(users: np.ndarray, recent: np.ndarray, history_len: int,
     return users1, (window.astype(np.int64) + 1)
 
 
-def search_excluding(index, queries: np.ndarray, k: int, seen: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+# Past this many items a dense scan's float64 copy of the vectors and its [batch, items] score
+# matrix cost more memory than the scan saves: larger catalogues keep FAISS's own search.
+DENSE_SCAN_MAX_ITEMS = 100_000
+
+
+class DenseScan:
+    """Exhaustive inner-product top-k of a small catalogue: one matrix product per batch.
+
+    At catalogue sizes like ml-100k's, FAISS's per-query cost is its heap and call overhead, not
+    arithmetic (SQ8, 1,682 items, k = 200, one thread: 0.32 ms per query with a selector skipping
+    seen items, 0.2 ms batched with over-fetch, 0.02 ms here). The vectors are the index's own,
+    decoded, so the scores are the index's up to float rounding. They are computed in float64 and
+    rounded to float32: products of float32 values are exact in float64, so a row's scores do not
+    depend on the rows multiplied with it (BLAS chooses kernels by the batch's shape)."""
+
+    def __init__(self, vectors: np.ndarray):
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float64)
+
+    @classmethod
+    def of(cls, index) -> DenseScan | None:
+        """A scan equivalent to ``index`` when it is exhaustive inner product and small, else None."""
+        from recsys.index import is_exhaustive_ip
+
+        if not is_exhaustive_ip(index) or index.ntotal > DENSE_SCAN_MAX_ITEMS:
+            return None
+        return cls(index.reconstruct_n(0, index.ntotal))
+
+    def search(self, queries: np.ndarray, k: int, banned: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores) [B, k] best first, ``banned`` rows skipped, padded with -1 / -inf."""
+        scores = (np.asarray(queries, dtype=np.float64) @ self.vectors.T).astype(np.float32)
+        scores[np.repeat(np.arange(len(scores)), np.diff(banned.indptr)), banned.indices] = -np.inf
+        width = min(k, scores.shape[1])
+        picked = np.argpartition(-scores, width - 1, axis=1)[:, :width]
+        picked_scores = np.take_along_axis(scores, picked, axis=1)
+        order = np.lexsort((picked, -picked_scores), axis=1)  # best first, ties by item index
+        ids = np.full((len(scores), k), -1, dtype=np.int64)
+        best = np.full((len(scores), k), -np.inf, dtype=np.float32)
+        ids[:, :width] = np.take_along_axis(picked, order, axis=1)
+        best[:, :width] = np.take_along_axis(picked_scores, order, axis=1)
+        ids[np.isneginf(best)] = -1
+        return ids, best
+
+
+def search_excluding(index, queries: np.ndarray, k: int, seen: sp.csr_matrix,
+                     scan: DenseScan | None = None) -> tuple[np.ndarray, np.ndarray]:
     """ANN top-k with seen items removed, each row's answer independent of the other rows.
 
-    Indexes that take a selector skip the seen items inside FAISS, one row at a time. Others
+    With a `DenseScan` of the index (small exhaustive indexes), the scan answers. Otherwise,
+    indexes that take a selector skip the seen items inside FAISS, one row at a time. Others
     over-fetch and filter: a row asks for k + its own seen count rounded up to a power of two, and
     rows asking the same width share one search. A row's width never depends on its batch mates,
     so a request gets the same candidates alone or batched (an HNSW search with a larger k is a
     different search, and ties at the cut would otherwise fall differently)."""
     from recsys.index import search, search_one_without, skips_inside
 
+    if scan is not None:
+        return scan.search(queries, k, seen)
     ids = np.full((len(queries), k), -1, dtype=np.int64)
     scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     counts = np.diff(seen.indptr)

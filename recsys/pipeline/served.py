@@ -109,24 +109,31 @@ class CachedUserSide:
         self.cache = BoundedCache(max_users)
 
     def __call__(self, users: np.ndarray, rows: History) -> UserSide:
-        return stack_user_sides([self._row_side(int(user), rows, row) for row, user in enumerate(users)],
-                                self.pipeline.feature_tables)
+        counts = np.diff(rows.seen.indptr)
+        sides = []
+        for row, user in enumerate(users.tolist()):
+            if self._is_stored(user, rows.recent[row], int(counts[row])):
+                sides.append(self.cache.get(user, lambda row=row: self._compute(self._one(rows, row))))
+            else:
+                sides.append(self._compute(self._one(rows, row)))
+        return stack_user_sides(sides, self.pipeline.feature_tables)
 
-    def _row_side(self, user: int, rows: History, row: int) -> UserSide:
-        # The fast row gather: scipy's own indexing costs ~100 µs per call, on every request.
-        one = rows if len(rows.recent) == 1 else History(csr_rows(rows.seen, np.array([row])), rows.recent[row:row + 1])
-        if self._is_stored(user, one):
-            return self.cache.get(user, lambda: self._compute(one))
-        return self._compute(one)
+    @staticmethod
+    def _one(rows: History, row: int) -> History:
+        """Row ``row`` alone (the fast gather: scipy's own indexing costs ~100 µs per call)."""
+        return rows if len(rows.recent) == 1 else History(csr_rows(rows.seen, np.array([row])),
+                                                          rows.recent[row:row + 1])
 
-    def _is_stored(self, user: int, one: History) -> bool:
+    def _is_stored(self, user: int, recent: np.ndarray, n_seen: int) -> bool:
+        """Whether a row (its recent items, its seen count) is ``user``'s stored history; read from
+        the batch's arrays, so a cache hit never builds the row."""
         stored = self.pipeline.history
         if stored is None or not 0 <= user < len(stored.recent):
             return False
         # Rows are left-padded with -1 to the batch's widest: compare the items, not the padding.
-        recent, kept = one.recent[0], stored.recent[user]
-        return bool(np.array_equal(recent[recent >= 0], kept[kept >= 0])
-                    and one.seen.indptr[1] == stored.seen.indptr[user + 1] - stored.seen.indptr[user])
+        kept = stored.recent[user]
+        return bool(n_seen == stored.seen.indptr[user + 1] - stored.seen.indptr[user]
+                    and np.array_equal(recent[recent >= 0], kept[kept >= 0]))
 
     def _compute(self, one: History) -> UserSide:
         return user_side(self.pipeline.feature_tables, one, self.pipeline.item_vectors)

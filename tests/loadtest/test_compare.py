@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from loadtest.compare import histogram_delta, run_row
 from loadtest.compare import main as compare_main
+from loadtest.compare import run_row
 from loadtest.harness import LocustStats, parse_stats_csv, pinned
 from loadtest.summary import markdown
 
@@ -97,8 +97,3 @@ def test_rounds_pool_samples_and_take_medians():
     assert row["requests"] == 6 and row["max_ms"] == 100 and row["p50_ms"] == 3.5 and row["bundle_bytes"] == 7
     assert set(row) == RUN_KEYS
 
-
-def test_batch_histogram_delta_counts_batches_per_size_range():
-    before = {"1.0": 10, "2.0": 12, "4.0": 12, "8.0": 20, "+Inf": 20}
-    after = {"1.0": 15, "2.0": 20, "4.0": 25, "8.0": 40, "+Inf": 41}
-    assert histogram_delta(before, after) == {"1": 5, "2": 3, "3-4": 5, "5-8": 7, ">8": 1}

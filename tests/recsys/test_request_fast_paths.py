@@ -9,9 +9,11 @@ import scipy.sparse as sp
 
 import recsys.pipeline.ranker_features as rf
 import recsys.pipeline.topk as rec
+from recsys.data.history import History, stack_csr
 from recsys.index import search, search_one_without
 from recsys.pipeline.recommend import items_csr
-from recsys.pipeline.retrieve import drop_seen, search_excluding
+from recsys.pipeline.request import stack_rows
+from recsys.pipeline.retrieve import DenseScan, drop_seen, search_excluding
 from recsys.pipeline.topk import topk_from_scores
 from tests.fixtures.tables import hand_tables, one_user
 
@@ -40,6 +42,34 @@ def test_search_skipping_banned_items_inside_faiss_equals_over_fetch_and_filter(
     got_ids, got_scores = search_excluding(index, query, 50, seen)
     assert got_ids.tolist() == expected_ids.tolist()
     np.testing.assert_allclose(got_scores, expected_scores, rtol=1e-6)
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["Flat", "SQ8"])
+def test_a_dense_scan_finds_what_faiss_finds_and_each_row_alone_gets_the_same(which):
+    vectors = _vectors()
+    index = _indexes(vectors)[which]
+    queries = _vectors(5, seed=3)
+    seen = items_csr([[3, 17, 250], [], [0, 1, 2, 3, 4, 5, 6, 7], [299], [42, 43]], len(vectors))
+    scan = DenseScan.of(index)
+    ids, scores = search_excluding(index, queries, 50, seen, scan)
+    expected_ids, expected_scores = search_excluding(index, queries, 50, seen)
+    assert ids.tolist() == expected_ids.tolist()
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5)
+    for row in range(len(queries)):  # bit for bit, whatever the batch
+        alone_ids, alone_scores = scan.search(queries[row:row + 1], 50, seen[row])
+        assert alone_ids[0].tolist() == ids[row].tolist() and alone_scores[0].tobytes() == scores[row].tobytes()
+
+
+def test_a_dense_scan_pads_when_fewer_items_remain_and_is_only_for_small_exhaustive_ip_indexes():
+    vectors = _vectors(6)
+    ids, scores = DenseScan.of(_indexes(vectors)[1]).search(_vectors(1, seed=2), 5, items_csr([[0, 1, 2]], 6))
+    assert sorted(ids[0, :3].tolist()) == [3, 4, 5] and ids[0, 3:].tolist() == [-1, -1]
+    assert np.isneginf(scores[0, 3:]).all() and np.isfinite(scores[0, :3]).all()
+    l2 = faiss.IndexFlatL2(vectors.shape[1])
+    l2.add(vectors)
+    ivf = faiss.index_factory(vectors.shape[1], "IVF1,Flat", faiss.METRIC_INNER_PRODUCT)
+    ivf.train(vectors)
+    assert DenseScan.of(l2) is None and DenseScan.of(ivf) is None
 
 
 def test_a_selector_search_pads_when_fewer_items_remain():
@@ -128,3 +158,12 @@ def test_a_seen_matrix_without_entries_skips_the_selector():
     query = _vectors(1, seed=6)
     ids, _ = search_excluding(index, query, 10, sp.csr_matrix((1, 50), dtype=np.float32))
     assert ids.tolist() == search(index, query, 10)[1].tolist()
+
+
+def test_stacking_csr_rows_equals_scipy_vstack_and_stacked_history_rows_are_left_padded():
+    parts = [items_csr([[3, 1]], 8), items_csr([[], [7]], 8), items_csr([[0, 2, 4, 6]], 8)]
+    stacked = stack_csr(parts)
+    assert stacked.shape == (4, 8) and (stacked != sp.vstack(parts, format="csr")).nnz == 0
+    rows = stack_rows([History(parts[0], np.array([[1, 3]], np.int32)),
+                       History(parts[2], np.array([[0, 2, 4, 6]], np.int32))])
+    assert rows.recent.tolist() == [[-1, -1, 1, 3], [0, 2, 4, 6]] and rows.seen.shape == (2, 8)

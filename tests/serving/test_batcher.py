@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from serving.batcher import Batcher, BatchStats
+from serving.batcher import Batcher, BatchStats, ShedWhenFull
 from serving.errors import NotReady, Overloaded
 
 
@@ -68,6 +68,51 @@ def test_requests_arriving_while_a_batch_runs_make_the_next_batch():
 
     assert asyncio.run(scenario()) == [2, 4, 6, 8]
     assert model.batches == [[1], [2, 3, 4]]
+
+
+def test_the_loop_gets_a_turn_between_batches():
+    # What arrives on the sockets while a batch runs is read before the next batch, not after
+    # the whole queue has drained.
+    turns = []
+
+    def model(payloads):
+        turns.append(list(payloads))
+        if len(turns) == 1:
+            asyncio.get_running_loop().call_soon(turns.append, "loop turn")
+        return payloads
+
+    assert arrive_together(started(model, max_batch=2), [1, 2, 3, 4]) == [1, 2, 3, 4]
+    assert turns == [[1, 2], "loop turn", [3, 4]]
+
+
+def test_with_the_queue_full_model_routes_are_shed_before_the_app_sees_them():
+    shed, reached, sent = [], [], []
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    async def scenario():
+        batcher = started(Model(), max_queue=1, on_shed=shed.append)
+        queued = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0)  # queued; its batch runs on a later turn of the loop
+        middleware = ShedWhenFull(app, batcher, ["/recommend"])
+        for path in ("/recommend", "/healthz"):
+            await middleware({"type": "http", "method": "GET", "path": path, "headers": []}, receive, send)
+        answer = await queued
+        await middleware({"type": "http", "method": "GET", "path": "/recommend", "headers": []}, receive, send)
+        return answer
+
+    assert asyncio.run(scenario()) == 2
+    start = sent[0]
+    assert start["status"] == 503 and (b"retry-after", b"1") in start["headers"]
+    assert b'"error":"overloaded"' in sent[1]["body"] and b"max_queue 1" in sent[1]["body"]
+    assert reached == ["/healthz", "/recommend"] and shed == ["queue_full"]  # shed once, then let through
 
 
 def test_past_max_queue_a_request_is_shed_at_once_with_retry_after():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 LOCUST_BOUND_CPU = 90.0  # Locust above this share of its core measures itself, not the server
@@ -114,8 +115,21 @@ def _notes(summary: dict) -> list[str]:
             parts = [f"{kind} {', '.join(_num(v, 0 if key == 'rps' else 1) for v in values)}"
                      for kind, values in spread.items() if values]
             notes.append(f"{mode} rounds ({unit}): " + "; ".join(parts) + ".")
+    if len(paired := _paired_ratios(summary, "max", "rps")) > 1:
+        notes.append("max req/s, compressed / teacher round by round (each round runs the servers back to back, "
+                     "so a slow spell of this shared machine tends to hit both): "
+                     + ", ".join(f"{ratio:.2f}" for ratio in paired) + f"; median {statistics.median(paired):.2f}.")
     notes += [f"problem: {problem}" for problem in summary.get("problems", [])]
     return notes
+
+
+def _paired_ratios(summary: dict, mode: str, key: str) -> list[float]:
+    """compressed / teacher of ``key`` in each round both servers ran."""
+    by_round: dict[int, dict[str, float]] = {}
+    for row in summary.get("rounds", []):
+        if row["mode"] == mode and row["bundle"] in ("teacher", "compressed") and row[key]:
+            by_round.setdefault(row["round"], {})[row["bundle"]] = row[key]
+    return [pair["compressed"] / pair["teacher"] for _, pair in sorted(by_round.items()) if len(pair) == 2]
 
 
 def plot(summary: dict, path: Path) -> None:

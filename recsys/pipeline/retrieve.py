@@ -10,6 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.data.history import csr_rows
+from recsys.pipeline.topk import mask_rows, topk_from_scores
 
 
 def history_inputs(users: np.ndarray, recent: np.ndarray, history_len: int,
@@ -49,19 +50,11 @@ class DenseScan:
         return cls(index.reconstruct_n(0, index.ntotal))
 
     def search(self, queries: np.ndarray, k: int, banned: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, scores) [B, k] best first, ``banned`` rows skipped, padded with -1 / -inf."""
+        """(ids, scores) [B, k] best first (ties by lower index), ``banned`` rows skipped, padded
+        with -1 / -inf."""
         scores = (np.asarray(queries, dtype=np.float64) @ self.vectors.T).astype(np.float32)
-        scores[np.repeat(np.arange(len(scores)), np.diff(banned.indptr)), banned.indices] = -np.inf
-        width = min(k, scores.shape[1])
-        picked = np.argpartition(-scores, width - 1, axis=1)[:, :width]
-        picked_scores = np.take_along_axis(scores, picked, axis=1)
-        order = np.lexsort((picked, -picked_scores), axis=1)  # best first, ties by item index
-        ids = np.full((len(scores), k), -1, dtype=np.int64)
-        best = np.full((len(scores), k), -np.inf, dtype=np.float32)
-        ids[:, :width] = np.take_along_axis(picked, order, axis=1)
-        best[:, :width] = np.take_along_axis(picked_scores, order, axis=1)
-        ids[np.isneginf(best)] = -1
-        return ids, best
+        mask_rows(scores, banned)
+        return topk_from_scores(scores, k)
 
 
 def search_excluding(index, queries: np.ndarray, k: int, seen: sp.csr_matrix,

@@ -35,9 +35,12 @@ def _top_k_columns(scores: np.ndarray, k: int) -> np.ndarray:
     argpartition alone leaves the cut's ties to the sort kernel, which differs across numpy
     builds (SIMD dispatch), so results would depend on the machine."""
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    cut = np.take_along_axis(scores, part, axis=1).min(axis=1, keepdims=True)
-    above = scores > cut
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    cut = part_scores.min(axis=1, keepdims=True)
     tied = scores == cut
+    if (tied.sum(axis=1) == (part_scores == cut).sum(axis=1)).all():
+        return part  # no row has a tie across its cut: the partition is the only possible answer
+    above = scores > cut
     room = k - above.sum(axis=1, keepdims=True)
     chosen = above | (tied & (np.cumsum(tied, axis=1) <= room))
     for row in np.flatnonzero(chosen.sum(axis=1) != k):  # NaN in the row: argpartition's pick stands

@@ -80,6 +80,17 @@ def test_markdown_flags_a_locust_bound_run_and_an_unsustained_rate():
     assert "lower bound" in text and "did not sustain" in text
 
 
+def test_markdown_pairs_throughput_round_by_round():
+    def one(bundle, number, rps):
+        return {"bundle": bundle, "mode": "max", "round": number, "rps": rps}
+
+    rounds = [one("teacher", 1, 100.0), one("compressed", 1, 250.0), one("teacher", 2, 80.0),
+              one("compressed", 2, 160.0), one("teacher", 3, 100.0)]  # round 3 has no compressed run
+    text = markdown({"dataset": "d", "runs": [], "rounds": rounds, "settings": {},
+                     "ratios": {"throughput": None, "p99_fixed": None, "of_ceiling": None}})
+    assert "round by round" in text and ": 2.50, 2.00; median 2.25." in text
+
+
 def test_pinning_falls_back_without_taskset(monkeypatch):
     monkeypatch.setattr("loadtest.harness.shutil.which", lambda name: None)
     assert pinned(["python", "-m", "serving"], 0) == ["python", "-m", "serving"]

@@ -48,3 +48,12 @@ def test_topk_breaks_ties_at_the_cut_by_lower_index():
     assert ids[0].tolist() == [17, 4000, 0, 1, 2, 3, 4, 5, 6, 7]
     assert ids[1].tolist() == np.flatnonzero(scores[1] == 2)[:10].tolist()
     assert ids[2].tolist() == [10, 4999] + [-1] * 8 and np.isneginf(top[2, 2:]).all()
+
+
+def test_wide_rows_without_ties_at_the_cut_match_a_full_stable_sort():
+    scores = np.random.default_rng(1).standard_normal((4, 3000)).astype(np.float32)
+    scores[2, :2000] = -np.inf  # a row with fewer finite scores than columns, still more than k
+    ids, top = topk_from_scores(scores, 25)
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :25]
+    assert ids.tolist() == expected.tolist()
+    assert np.array_equal(top, np.take_along_axis(scores, expected, axis=1))

@@ -42,7 +42,7 @@ def stack_csr(parts: Sequence[sp.csr_matrix]) -> sp.csr_matrix:
     nnz = np.cumsum([0] + [part.nnz for part in parts])
     indptr = np.concatenate([[0]] + [part.indptr[1:] + offset for part, offset in zip(parts, nnz[:-1], strict=True)])
     return sp.csr_matrix((np.concatenate([part.data for part in parts]),
-                          np.concatenate([part.indices for part in parts]), indptr.astype(np.int64, copy=False)),
+                          np.concatenate([part.indices for part in parts]), indptr),
                          shape=(sum(part.shape[0] for part in parts), parts[0].shape[1]), copy=False)
 
 

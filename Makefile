@@ -13,7 +13,7 @@ WORKERS ?= 1
 TRAIN_ARGS ?=
 COMPRESS_ARGS ?=
 
-.PHONY: setup test test-fast test-slow lint evaluate train bundles serve bench clean
+.PHONY: setup test test-fast test-slow lint evaluate train bundles serve bench bench-train clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -72,6 +72,10 @@ bench: setup
 	$(BIN)/python -m benchmarks.bench_index --n 1000000 --dim 64 --out reports/bench/index
 	$(BIN)/python -m benchmarks.bench_pipeline
 
+# Training time, throughput and peak memory against log size (1M items; 1M / 3M / 10M interactions, ~20 min).
+bench-train: setup
+	$(BIN)/python -m benchmarks.bench_train --ladder --out reports/bench/train
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
@@ -100,3 +104,26 @@ retrain: setup
 	$(BIN)/python -m ops.retrain --dataset $(or $(DATA),$(DATASET)) $(if $(ITEMS),--items $(ITEMS)) \
 		$(if $(USERS),--users $(USERS)) --data-dir $(DATA_DIR) --events-db $(EVENTS_DB) --bundles $(BUNDLES) \
 		--server $(SERVER_URL) --train-args='$(TRAIN_ARGS)' --compress-args='$(COMPRESS_ARGS)' $(RETRAIN_ARGS)
+
+# ---- scale ladder (README "Scale"): synthetic catalogues of 10k, 100k and 1M items ----------------------
+# `make scale-10k`, `scale-100k`, `scale-1m`: teacher towers (dim 64; the ranker is kept only where it beats
+# retrieval on validation), compression (dim-32 students trained one after the other: bounded memory) under a
+# memory profile (reports/compression/synthetic-N/memory.*), a load test of both bundles, README results.
+SCALE_EPOCHS_10k := 4
+SCALE_STEPS_10k := 400
+SCALE_EPOCHS ?= $(or $(SCALE_EPOCHS_$*),2)
+SCALE_STEPS ?= $(or $(SCALE_STEPS_$*),1500)
+SCALE_TRAIN_ARGS ?= --dim 64 --hidden 128 --depth 1 --batch-size 1024 --eval-users 2000 --ranker-examples retriever \
+	--ranker-positives-per-user 5 --ranker-epochs 3 --ranker-patience 1 --ranker-eval-users 2000
+SCALE_COMPRESS_ARGS ?= --eval-users 2000 --latency-requests 200 --student-dim 32 --sequential
+scale-%: setup
+	$(BIN)/python -m recsys.train --dataset synthetic-$* --out $(ARTIFACTS)/synthetic-$*/model $(SCALE_TRAIN_ARGS) \
+		--epochs $(SCALE_EPOCHS) --max-steps-per-epoch $(SCALE_STEPS)
+	$(BIN)/python -m benchmarks.memory_profile --out reports/compression/synthetic-$*/memory -- \
+		$(BIN)/python -m compression --model $(ARTIFACTS)/synthetic-$*/model --dataset synthetic-$* \
+		--out $(ARTIFACTS)/synthetic-$*/bundles $(SCALE_COMPRESS_ARGS) --tower-epochs $(SCALE_EPOCHS) \
+		--max-steps-per-epoch $(SCALE_STEPS)
+	$(BIN)/python -m loadtest.compare --teacher $(ARTIFACTS)/synthetic-$*/bundles/teacher \
+		--compressed $(ARTIFACTS)/synthetic-$*/bundles/compressed --dataset synthetic-$* \
+		--out reports/loadtest/synthetic-$*
+	$(BIN)/python -m ops.readme_results

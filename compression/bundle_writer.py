@@ -20,7 +20,7 @@ from recsys.bundle.publish import new_staging_dir
 from recsys.data.datasets import Dataset
 from recsys.data.history import History
 from recsys.data.tokens import TokenTable
-from recsys.index import build_index, exact_topk, resolve_factory, save_index, tune_query_params
+from recsys.index import build_index, exact_topk, exact_vectors, resolve_factory, save_index, tune_query_params
 from recsys.models.two_tower import TwoTower, UserTower
 from recsys.pipeline.feature_tables import FeatureTables, build_feature_tables, has_global_time
 from recsys.pipeline.retrieve import history_inputs
@@ -127,6 +127,8 @@ def write_bundle(staging: Path, towers: TwoTower, dataset: Dataset, split: Split
     queries = _query_vectors(staging, history, towers, requests)
     factory = resolve_factory(spec.index_factory, split.n_items)
     index, runtime["index"] = build_tuned_index(content.dense_item_vectors(), factory, queries, spec.target_recall)
+    if exact_vectors(index) is not None:  # a flat index holds the rows exactly: stored once, read from it
+        content.drop_item_vectors()
     save_index(index, BundleFiles(staging).index_dir, {"factory": factory, **runtime["index"]})
     runtime["params"] = count_params(towers) + (count_params(ranker) if ranker is not None else 0)
     known = split.history_frame("test")

@@ -23,8 +23,9 @@ from compression.variants import (
     Variant,
     build_variant,
     evaluation_sample,
+    grouped_latencies,
+    latency_groups,
     measure_variant,
-    request_latencies,
 )
 from recsys.bundle.publish import current_version, new_staging_dir
 from recsys.data.datasets import Dataset
@@ -185,16 +186,15 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
     teacher = teacher_student(trained, tables)
     nokd, kd = train_students(trained, split, tables, cfg)
     config = {"dataset": dataset.name, "model_dir": str(model_dir), "compress": cfg.to_dict()}
-    rows, dirs, models, scores = [], {}, {}, {}
+    rows, dirs, scores = [], {}, {}
     for variant in tqdm(plan_variants(teacher, nokd, kd, split.n_items, cfg), desc="variants", unit="variant"):
         dirs[variant.name] = variant_dir(out, variant.name)
         runtime = build_variant(variant, dirs[variant.name], dataset, split, requests, config)
-        models[variant.name], row, scores[variant.name] = measure_variant(variant.name, dirs[variant.name],
-                                                                          gate_events)
+        row, scores[variant.name] = measure_variant(variant.name, dirs[variant.name], gate_events)
         rows.append({**row, "notes": _notes(runtime)})
-    latencies = request_latencies(models, split.users.to_external(requests))
+    groups = latency_groups(list(dirs), (TEACHER, "compressed"), split.n_items)
+    latencies = grouped_latencies(dirs, groups, split.users.to_external(requests))
     rows = [{**row, **latencies[row["name"]]} for row in rows]
-    del models
     decide = _paired(scores, gate_events, cfg.threshold)
     rows = [{**row, "vs_teacher": _vs_teacher(decide, row["name"])} for row in rows]
     published, kept = pick_published(rows, TECHNIQUES, decide, gate_reference=TEACHER)
@@ -204,7 +204,7 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
             "ratios": ratios(rows, published), "published_variant": published, "techniques": kept,
             "config": config, "students": {"nokd": nokd.summary, "kd": kd.summary},
             "scored_on": gate_events.describe(),
-            "notes": _card_notes(gate_events, len(requests), cfg.student.disabled_features)}
+            "notes": _card_notes(gate_events, len(requests), cfg.student.disabled_features, groups)}
     refused = not card["gate"]["passed"]
     first_build = not current_version(out / "compressed")
     if refused:
@@ -231,13 +231,15 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
     return card
 
 
-def _card_notes(gate_events: GateEvents, n_requests: int, disabled_features: str) -> list[str]:
+def _card_notes(gate_events: GateEvents, n_requests: int, disabled_features: str,
+                groups: list[list[str]]) -> list[str]:
     return [f"NDCG@10 / HR@10: mean over {gate_events.describe()}, through each bundle as the server loads it "
             "(`recsys.evaluate --events`); [low, high]: 95 % bootstrap interval over users; vs_teacher: NDCG@10 "
             "over the teacher's, with the paired interval the gate decides on. The protocol's last-event "
             "numbers, for comparison with peers: `python -m recsys.evaluate --model OUT/holdout/compressed`",
             f"latency over {n_requests} single requests (user tower + ANN + features + ranker), same run, the "
-            "variants taking turns in blocks of 20 requests",
+            "variants taking turns in blocks of 20 requests" + ("" if len(groups) == 1 else
+            " within each group loaded together (bounded memory): " + "; ".join(", ".join(g) for g in groups)),
             "latency_*: cold, the user tower and the features' user side run per request; served_*: as the "
             "server answers a known user again (tower output computed at load, user side cached), the same "
             "requests after one warm-up pass",

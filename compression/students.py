@@ -13,7 +13,7 @@ from recsys.models.two_tower import TwoTower, TwoTowerConfig
 from recsys.pipeline.feature_tables import FeatureTables
 from recsys.split import Split
 from recsys.train.model_dir import TrainedModel
-from recsys.train.ranker import RankerTrainConfig, holdout_retriever, train_ranker
+from recsys.train.ranker import RankerTrainConfig, example_pipeline, holdout_retriever, train_ranker
 from recsys.train.torch_pipeline import TorchRankerScorer, towers_pipeline
 from recsys.train.towers import TowerTrainConfig, train_two_tower
 
@@ -131,7 +131,8 @@ def holdout_teacher_pipeline(trained: TrainedModel, split: Split, tables: Featur
     towers, prefix_tables = holdout_retriever(split, trained.config["towers"], trained.config["tower_training"],
                                               trained.config["tower_result"]["best_epoch"], trained.item_tokens,
                                               trained.user_tokens, tables, cfg=cfg)
-    pipeline = towers_pipeline(towers, prefix_tables)
+    # Past EXACT_EXAMPLES_MAX_ITEMS its lists were proposed by an IVF search: score them the same way.
+    pipeline = example_pipeline(towers_pipeline(towers, prefix_tables))
     pipeline.score_candidates = TorchRankerScorer(trained.ranker)
     return pipeline
 

@@ -75,10 +75,6 @@ def build_variant(variant: Variant, directory: Path, dataset: Dataset, split: Sp
     return runtime
 
 
-def served_bytes(directory: Path) -> int:
-    return sum(path.stat().st_size for path in BundleFiles(directory).served_files())
-
-
 def time_requests(model: ServingModel, user_ids, warm=(), k: int = 10) -> np.ndarray:
     """Milliseconds of each single ``model.recommend`` for ``user_ids``, after one untimed request
     per ``warm`` user."""
@@ -117,6 +113,34 @@ def request_latencies(models: dict[str, ServingModel], user_ids) -> dict[str, di
         model.cache_known_users()
     served = time_interleaved(models, user_ids, user_ids)
     return {name: {**_percentiles("latency", cold[name]), **_percentiles("served", served[name])} for name in models}
+
+
+# Past this many items the variants are timed a few at a time: each loaded 1M-item bundle holds
+# hundreds of MB (tables, histories, index), and holding all nine at once was most of the 1M
+# compression's 9.9 GB peak.
+ALL_AT_ONCE_MAX_ITEMS = 200_000
+LATENCY_GROUP = 2
+
+
+def latency_groups(names: list[str], first: tuple[str, ...], n_items: int) -> list[list[str]]:
+    """Which variants are loaded and timed together: all of them for small catalogues; else
+    ``first`` (the pair the card's ratios compare) together, then the rest LATENCY_GROUP at a time."""
+    if n_items <= ALL_AT_ONCE_MAX_ITEMS:
+        return [list(names)]
+    rest = [name for name in names if name not in first]
+    return [[name for name in names if name in first],
+            *(rest[start:start + LATENCY_GROUP] for start in range(0, len(rest), LATENCY_GROUP))]
+
+
+def grouped_latencies(dirs: dict[str, Path], groups: list[list[str]], user_ids) -> dict[str, dict[str, float]]:
+    """`request_latencies` per group of bundles, each group loaded as serving loads it and
+    released before the next one is loaded."""
+    latencies = {}
+    for group in groups:
+        models = {name: load_serving_model(dirs[name], precompute_users=False) for name in group}
+        latencies.update(request_latencies(models, user_ids))
+        del models
+    return latencies
 
 
 def _percentiles(prefix: str, timings: np.ndarray) -> dict[str, float]:
@@ -161,14 +185,14 @@ class GateEvents:
         return f"{len(self.users):,} events of {len(np.unique(self.users)):,} users: {what}"
 
 
-def measure_variant(name: str, directory: Path, gate: GateEvents) -> tuple[ServingModel, dict, dict[str, UserScores]]:
-    """The variant's bundle loaded as serving loads it (without precomputed users), its card row
-    without latency (`request_latencies` times all variants together), and its per-user scores."""
+def measure_variant(name: str, directory: Path, gate: GateEvents) -> tuple[dict, dict[str, UserScores]]:
+    """The variant's card row without latency (`grouped_latencies` times the variants in turns)
+    and its per-user scores, from its bundle loaded as serving loads it (without precomputed users)."""
     model = load_serving_model(directory, precompute_users=False)
     result = backtest(model, gate.log, source=f"gate events of {name}")
     per_event = event_scores(result.topk, gate.items)
     scores = {metric: UserScores.of(values, gate.users) for metric, values in per_event.items()}
-    row = {"name": name, "params": int(model.runtime.get("params", 0)), "bytes": served_bytes(directory),
+    row = {"name": name, "params": int(model.runtime.get("params", 0)), "bytes": BundleFiles(directory).total_bytes(),
            "users": int(len(scores["NDCG@10"].sums)), "events": int(len(gate.users)),
            "index": model.runtime.get("index", {}).get("factory"),
            "recall@100": model.runtime.get("index", {}).get("recall@100"),
@@ -178,4 +202,4 @@ def measure_variant(name: str, directory: Path, gate: GateEvents) -> tuple[Servi
         row[f"{metric}_ci"] = list(gate.resampler.interval(scores[metric]))
     log.info("variant %s: NDCG@10 %.4f [%.4f, %.4f], %d bytes", name, row["NDCG@10"], *row["NDCG@10_ci"],
              row["bytes"])
-    return model, row, scores
+    return row, scores

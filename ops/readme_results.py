@@ -48,11 +48,69 @@ def loadtest_section(summary_path: Path) -> list[str]:
     return lines
 
 
+# The scale ladder: one row per rung and bundle in the scale table; their full cards stay in
+# reports/ (the 1M card is also shown in full).
+SCALE_DATASETS = ("synthetic-10k", "synthetic-100k", "synthetic-1m")
+FULL_CARD_SCALES = ("synthetic-1m",)
+
+
+def _max_rps(summary_path: Path) -> dict[str, float]:
+    """bundle -> closed-loop req/s of one worker (`loadtest.compare`'s max phase)."""
+    if not summary_path.exists():
+        return {}
+    return {run["bundle"]: run["rps"] for run in json.loads(summary_path.read_text())["runs"] if run["mode"] == "max"}
+
+
+def scale_rows(reports: Path) -> list[dict]:
+    """Per rung of the scale ladder with a card: teacher and served compressed bundle's bytes (all
+    files), single-request p50 as served (card), and max req/s per worker (load test, if run)."""
+    from recsys.data.synthetic import PRESETS
+
+    rows = []
+    for name in SCALE_DATASETS:
+        card_path = reports / "compression" / name / "card.json"
+        if not card_path.exists():
+            continue
+        card = json.loads(card_path.read_text())
+        variants = {variant["name"]: variant for variant in card["variants"]}
+        rps = _max_rps(reports / "loadtest" / name / "summary.json")
+        for bundle, variant in (("teacher", "teacher-fp32"), ("compressed", card["published_variant"])):
+            row = variants[variant]
+            rows.append({"items": f"{PRESETS[name].n_items:,}", "interactions": f"{PRESETS[name].n_interactions:,}",
+                         "bundle": bundle, "MB": f"{row['bytes'] / 1e6:,.1f}", "ranker": _has_ranker(row),
+                         "served_p50_ms": f"{row['served_p50_ms']:.2f}",
+                         "max_rps_batched": f"{rps[bundle]:,.0f}" if bundle in rps else "-",
+                         "max_rps_max_batch_1": f"{rps[bundle + '-unbatched']:,.0f}"
+                         if bundle + "-unbatched" in rps else "-"})
+    return rows
+
+
+def _has_ranker(row: dict) -> str:
+    return "yes" if "ranker" in row.get("notes", "") else "no"
+
+
+def scale_section(reports: Path) -> list[str]:
+    rows = scale_rows(reports)
+    if not rows:
+        return []
+    columns = list(rows[0])
+    return ["### Scale: synthetic catalogues of 10k, 100k and 1M items", "",
+            "Bundle bytes: every file of the bundle directory. served_p50: one request at a time through the "
+            "serving code (the card's). max req/s: one worker on one core, closed loop (`loadtest.compare`), "
+            "with the batcher and with `max_batch=1`. Synthetic logs are evidence of scale, not of quality.", "",
+            "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
+            *("| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows), ""]
+
+
 def results_block(reports: Path) -> str:
-    lines = [BEGIN, ""]
+    lines = [BEGIN, "", *scale_section(reports)]
     for card in sorted((reports / "compression").glob("*/card.json")):
+        if card.parent.name in SCALE_DATASETS and card.parent.name not in FULL_CARD_SCALES:
+            continue
         lines += card_section(card)
     for summary in sorted((reports / "loadtest").glob("**/summary.json")):
+        if summary.parent.name in SCALE_DATASETS and summary.parent.name not in FULL_CARD_SCALES:
+            continue
         lines += loadtest_section(summary)
     if len(lines) == 2:
         lines += ["No reports yet: run `make bundles` and `make loadtest`.", ""]

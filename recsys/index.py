@@ -37,6 +37,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
+# FAISS's mmap of the codes of flat / SQ / PQ indexes, IVF lists and HNSW graphs (faiss >= 1.11;
+# older ones read the file into memory). `IO_FLAG_MMAP` alone maps IVF lists only, and the two
+# together fail on IVF.
+MMAP_FLAGS = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) | faiss.IO_FLAG_READ_ONLY
 META_FILE = "index.json"
 FORMAT_VERSION = 1
 
@@ -249,6 +253,26 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
 def is_exhaustive_ip(index: faiss.Index) -> bool:
     """Whether ``index`` scores every item by inner product (flat or scalar-quantised, no IVF)."""
     return skips_inside(index) and index.metric_type == faiss.METRIC_INNER_PRODUCT
+
+
+class _IndexMemory:
+    """Exposes part of an index's own memory to numpy, read-only, keeping the index alive while
+    any array over it lives (a bare `faiss.rev_swig_ptr` view would outlive a freed index)."""
+
+    def __init__(self, index: faiss.Index, view: np.ndarray):
+        self.index = index
+        self.__array_interface__ = {**view.__array_interface__, "data": (view.ctypes.data, True)}
+
+
+def exact_vectors(index: faiss.Index) -> np.ndarray | None:
+    """The vectors a flat index holds, exactly as added: a read-only [ntotal, d] float32 view of
+    its storage, no copy (mapped by `load_index`, so a server's workers share the pages). None
+    for an index that keeps codes (SQ, PQ, IVF, HNSW): their decode is not what was added."""
+    flat = faiss.downcast_index(index)
+    if not isinstance(flat, faiss.IndexFlat) or flat.ntotal == 0:
+        return None
+    view = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
+    return np.asarray(_IndexMemory(index, view))
 
 
 def skips_inside(index: faiss.Index) -> bool:
@@ -466,8 +490,11 @@ def _check_saved(index: faiss.Index, meta: dict[str, Any], directory: Path) -> N
             )
 
 
-def load_index(directory: Path) -> tuple[faiss.Index, dict[str, Any]]:
-    """Read an index written by :func:`save_index` and re-apply its saved query params."""
+def load_index(directory: Path, mmap: bool = True) -> tuple[faiss.Index, dict[str, Any]]:
+    """Read an index written by :func:`save_index` and re-apply its saved query params.
+
+    With ``mmap`` the codes (flat, SQ, PQ, IVF lists, HNSW graph) stay in the file's pages, mapped
+    read-only: processes loading the same file share them, and the index must not be modified."""
     directory = Path(directory)
     index_path, meta_path = directory / INDEX_FILE, directory / META_FILE
     missing = [path.name for path in (index_path, meta_path) if not path.is_file()]
@@ -480,7 +507,7 @@ def load_index(directory: Path) -> tuple[faiss.Index, dict[str, Any]]:
         raise IndexConfigError(
             f"{index_path} does not match the sha256 in {meta_path} (files from two saves?); re-save the index"
         )
-    index = faiss.read_index(str(index_path))
+    index = faiss.read_index(str(index_path), MMAP_FLAGS if mmap else 0)
     _check_saved(index, meta, directory)
     set_query_params(index, meta.get("query_params", {}))
     log.info("loaded %r index (%d x %d) from %s", meta.get("factory"), index.ntotal, index.d, directory)

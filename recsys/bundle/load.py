@@ -1,9 +1,10 @@
 """Open a bundle: verify its manifest and checksums, read its files, wire its stages.
 
 `load_serving_model(path)` opens the ONNX models with one thread (serving scales with worker
-processes), loads the FAISS index, and wires them into the same `recsys.pipeline.recommend.Pipeline`
-that evaluation scores. The `read_*` functions give other packages (load test, tools) what they
-need from a bundle without loading a model, and without naming its files.
+processes), maps the FAISS index and the bundle's arrays read-only (workers share their pages), and
+wires them into the same `recsys.pipeline.recommend.Pipeline` that evaluation scores. The `read_*`
+functions give other packages (load test, tools) what they need from a bundle without loading a
+model, and without naming its files.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from recsys.bundle.content import BundleContent, BundleFiles, load_content, load_history, load_titles
-from recsys.bundle.manifest import MANIFEST_NAME, Manifest, load_manifest
+from recsys.bundle.manifest import MANIFEST_NAME, BundleFormatError, Manifest, load_manifest
 from recsys.bundle.publish import CURRENT_NAME, resolve_bundle
 from recsys.data.idmap import IdMap
-from recsys.index import load_index, set_faiss_threads
+from recsys.index import exact_vectors, load_index, set_faiss_threads
 from recsys.pipeline.feature_tables import FeatureTables
 from recsys.pipeline.onnx import OnnxRankerScorer, OnnxUserEncoder
 from recsys.pipeline.recommend import Pipeline
@@ -36,9 +37,15 @@ def bundle_pipeline(bundle_dir: Path, content: BundleContent, threads: int = 1,
     files = BundleFiles(bundle_dir)
     encoder = OnnxUserEncoder(files.user_tower, threads)
     index, _ = load_index(files.index_dir)
+    item_vectors = content.item_rows()
+    if item_vectors is None:
+        item_vectors = exact_vectors(index)
+    if item_vectors is None:
+        raise BundleFormatError(f"{bundle_dir} stores no item vectors and its {type(index).__name__} index does "
+                                "not hold them exactly: rebuild the bundle")
     tables = FeatureTables.from_arrays(content.ranking_arrays) if content.ranking_arrays else None
     has_ranker = files.ranker.exists() and tables is not None
-    pipeline = Pipeline(encode_users=encoder, index=index, item_vectors=content.dense_item_vectors(),
+    pipeline = Pipeline(encode_users=encoder, index=index, item_vectors=item_vectors,
                         popularity=content.popularity, history_len=runtime["history_len"],
                         n_users=len(content.users), feature_tables=tables if has_ranker else None,
                         score_candidates=OnnxRankerScorer(files.ranker, threads) if has_ranker else None,

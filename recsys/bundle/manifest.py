@@ -23,7 +23,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: arrays as separate .npy files (mapped by every worker), no item-vector table beside a flat
+# index. Format 1 still loads (`recsys.bundle.content`).
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 _CHUNK_BYTES = 1 << 20
 # Versions become directory names and symlink targets, so keep them to a safe alphabet.
@@ -126,10 +129,10 @@ def _check_format_version(found: Any) -> None:
     if found is None:
         raise BundleFormatError("manifest has no format_version, so it is not a bundle manifest: rebuild it")
     # bool is an int in Python; `true` in a manifest is corruption, not format 1.
-    if type(found) is not int or found != FORMAT_VERSION:
+    if type(found) is not int or found not in READABLE_FORMATS:
         raise BundleFormatError(
-            f"bundle format {found} is not supported by this version (expects {FORMAT_VERSION}): "
-            "rebuild it with `make retrain`"
+            f"bundle format {found} is not supported by this version (reads "
+            f"{', '.join(map(str, READABLE_FORMATS))}): rebuild it with `make retrain`"
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import subprocess
 import sys
@@ -163,7 +164,9 @@ def load_synthetic(name: str, data_dir: Path, seed: int | None = None) -> Datase
     if seed is not None:
         cfg = type(cfg)(**{**cfg.__dict__, "seed": seed})
     out_dir = data_dir / "synthetic" / f"{name}-seed{cfg.seed}"
-    if not (out_dir / "meta.json").exists():
+    meta = out_dir / "meta.json"
+    # A log made by an older generator config (e.g. before launches) is made again, not reused.
+    if not meta.exists() or json.loads(meta.read_text()).get("config") != cfg.__dict__:
         generate(cfg, out_dir)
     inter = pd.read_parquet(out_dir / "interactions.parquet")
     items = pd.read_parquet(out_dir / "items.parquet")

@@ -2,7 +2,10 @@
 
 The data is shaped like a shop's click log so that speed and memory numbers mean something:
 Zipf-like item popularity, users who prefer a few categories and, inside them, items near a
-personal latent vector, sessions of views with the odd cart and purchase. It is *not* evidence
+personal latent vector, sessions of views with the odd cart and purchase, and product launches:
+a share of the catalogue appears during the log and is most wanted in its first weeks. The
+launches are a signal the towers cannot see (an item's vector is the same at every time) and the
+ranker's time features can (popularity as of the request, trend, age). It is *not* evidence
 of model quality: the generating process is ours, so a model that matches it proves little.
 
 Output (``generate``): ``items.parquet``, ``interactions.parquet`` (sorted by user, then time)
@@ -85,6 +88,9 @@ class SyntheticConfig:
     mean_session_views: float = 5.0
     cart_rate: float = 0.08  # share of views followed by a cart event on the same item
     purchase_rate: float = 0.35  # share of carts followed by a purchase
+    new_item_share: float = 0.3  # items launched during the log (the rest exist from its start)
+    launch_boost: float = 3.0  # log-weight bonus of an item at its launch, decaying with its age
+    launch_decay_days: float = 14.0
     users_per_chunk: int = 50_000  # part of the random streams: changing it changes the data
 
     def __post_init__(self) -> None:
@@ -98,12 +104,19 @@ class SyntheticConfig:
             )
         if self.n_categories > self.n_items:
             raise ValueError(f"n_categories={self.n_categories} exceeds n_items={self.n_items}")
+        if not 0.0 <= self.new_item_share <= 1.0:
+            raise ValueError(f"new_item_share must be in [0, 1], got {self.new_item_share}")
+        if self.launch_decay_days <= 0:
+            raise ValueError(f"launch_decay_days must be > 0, got {self.launch_decay_days}")
         if self.users_per_chunk < 1:
             raise ValueError(f"users_per_chunk must be >= 1, got {self.users_per_chunk}")
 
 
 PRESETS: dict[str, SyntheticConfig] = {
     "synthetic": SyntheticConfig(n_users=6_000, n_items=3_000, n_interactions=200_000, n_categories=20),
+    # The scale ladder (README "Scale"): ten times the items at each step.
+    "synthetic-10k": SyntheticConfig(n_users=20_000, n_items=10_000, n_interactions=400_000, n_categories=50),
+    "synthetic-100k": SyntheticConfig(n_users=100_000, n_items=100_000, n_interactions=2_000_000, n_categories=100),
     "synthetic-1m": SyntheticConfig(n_users=500_000, n_items=1_000_000, n_interactions=10_000_000, n_categories=200),
 }
 
@@ -132,6 +145,7 @@ class Catalog:
     price: np.ndarray  # (n_items,)
     noun: np.ndarray  # (n_items,) index into the category's nouns
     adjective: np.ndarray  # (n_items,) index into _ADJECTIVES
+    launch: np.ndarray  # (n_items,) float32 seconds after start_time the item appears; -inf = always there
 
 
 @dataclass(frozen=True)
@@ -162,6 +176,8 @@ def build_catalog(cfg: SyntheticConfig) -> Catalog:
     traffic = sizes * rng.lognormal(0.0, 0.5, n_cat)
     slot_category = np.repeat(np.arange(n_cat), sizes)
     log_price_mean = rng.normal(np.log(25.0), 0.8, n_cat)
+    is_new = rng.random(cfg.n_items) < cfg.new_item_share
+    launch = np.where(is_new, rng.random(cfg.n_items) * (cfg.days * 86_400), -np.inf).astype(np.float32)
     return Catalog(
         category_start=np.cumsum(sizes) - sizes,
         category_size=sizes,
@@ -172,6 +188,7 @@ def build_catalog(cfg: SyntheticConfig) -> Catalog:
         price=np.round(np.exp(log_price_mean[slot_category] + rng.normal(0.0, 0.5, cfg.n_items)), 2),
         noun=rng.integers(0, _NOUNS_PER_CATEGORY, cfg.n_items),
         adjective=rng.integers(0, len(_ADJECTIVES), cfg.n_items),
+        launch=launch,
     )
 
 
@@ -244,20 +261,32 @@ def _zipf_rank(size: np.ndarray, exponent: float, u: np.ndarray) -> np.ndarray:
     return np.minimum(x.astype(np.int64) - 1, size.astype(np.int64) - 1)
 
 
+def _launch_bonus(cfg: SyntheticConfig, launch: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Log-weight of an item's novelty at time t (seconds after start): -inf before its launch."""
+    age_days = (t - launch) / 86_400
+    with np.errstate(invalid="ignore", over="ignore"):
+        bonus = cfg.launch_boost * np.exp(-age_days / cfg.launch_decay_days)
+    return np.where(age_days < 0, -np.inf, np.where(np.isfinite(launch), bonus, 0.0)).astype(np.float32)
+
+
 def _draw_items(
     cfg: SyntheticConfig,
     catalog: Catalog,
     categories: np.ndarray,
     personal: np.ndarray,
     user_vectors: np.ndarray,
+    t: np.ndarray,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Sample slots with p(item) ~ popularity * exp(strength * <user, item>), per category.
+    """Sample slots with p(item) ~ popularity * exp(strength * <user, item> + launch bonus at t),
+    per category (t: seconds after start_time of each draw).
 
     An exact softmax over a 5,000-item category per interaction is too slow at 10M rows, so
     this is sampling importance resampling: draw n_candidates from a flatter power law (so
     liked items deep in the tail get proposed at all), weight each by the popularity the
-    proposal left out times the taste term, keep one. Noise rows get strength 0: popularity only.
+    proposal left out times the taste and launch terms, keep one (an item not launched yet has
+    weight 0; when no candidate is available, the category's most popular item is taken). Noise
+    rows get strength 0: popularity and launches only.
     """
     n = len(categories)
     size = catalog.category_size[categories].astype(np.float64)
@@ -265,15 +294,18 @@ def _draw_items(
     strength = np.where(personal, cfg.taste_strength, 0.0).astype(np.float32)
     proposal_exponent = cfg.popularity_exponent * _PROPOSAL_FLATTENING
     leftover_exponent = np.float32(cfg.popularity_exponent - proposal_exponent)
-    best_slot = np.zeros(n, dtype=np.int64)
+    best_slot = start.astype(np.int64)
     best_key = np.full(n, np.inf, dtype=np.float32)
     for _ in range(cfg.n_candidates):
         rank = _zipf_rank(size, proposal_exponent, rng.random(n))
         slot = start + rank
         affinity = np.einsum("ij,ij->i", catalog.vectors[slot], user_vectors)
-        log_weight = strength * affinity - leftover_exponent * np.log1p(rank, dtype=np.float32)
+        log_weight = (strength * affinity - leftover_exponent * np.log1p(rank, dtype=np.float32)
+                      + _launch_bonus(cfg, catalog.launch[slot], t))
         # Exponential race, the log-free form of Gumbel-max: argmin E / w picks i with p ~ w.
-        key = rng.standard_exponential(n, dtype=np.float32) * np.exp(-log_weight)
+        with np.errstate(invalid="ignore"):  # 0 * inf for an unlaunched item: set to inf below
+            key = rng.standard_exponential(n, dtype=np.float32) * np.exp(-log_weight)
+        key[np.isneginf(log_weight)] = np.inf
         better = key < best_key
         best_slot[better] = slot[better]
         best_key[better] = key[better]
@@ -364,10 +396,12 @@ def interactions_chunk(cfg: SyntheticConfig, catalog: Catalog, counts: np.ndarra
 
     tastes = _draw_tastes(cfg, catalog, n_users, rng)
     categories, personal = _draw_categories(cfg, catalog, tastes, slot_user, rng)
-    item_slot = _draw_items(cfg, catalog, categories, personal, tastes.vectors[slot_user], rng)
     slot_session = _session_ids(cfg, slot_user, rng)
     session_user = slot_user[np.r_[True, slot_session[1:] != slot_session[:-1]]]
     session_start = _session_start_times(cfg, session_user, n_users, rng)
+    # Items are drawn at their session's start: launches are days apart, sessions minutes long.
+    slot_time = session_start[slot_session].astype(np.float32)
+    item_slot = _draw_items(cfg, catalog, categories, personal, tastes.vectors[slot_user], slot_time, rng)
     row_slot, event = _expand_funnel(cfg, slot_user, chunk_counts, rng)
     row_user = slot_user[row_slot]
     timestamp = _timestamps(cfg, slot_session[row_slot], row_user, event, session_start, rng)

@@ -162,11 +162,15 @@ class FeatureTables:
         unknown = set(disabled) - set(self.feature_names())
         if unknown:
             raise ValueError(f"unknown features {sorted(unknown)}; known: {self.feature_names()}")
-        if "ease_score" in disabled:  # nothing reads the EASE arrays then: do not ship them
-            empty = np.zeros((self.n_items, 0))
-            return replace(self, disabled=tuple(disabled), ease_neighbors=empty.astype(np.int32),
-                           ease_weights=empty.astype(np.float32))
-        return replace(self, disabled=tuple(disabled))
+        narrowed = replace(self, disabled=tuple(disabled))
+        # Arrays that only disabled features read are not shipped (at 1M items the content and
+        # co-occurrence arrays are ~300 MB of a bundle): each becomes [n_items, 0].
+        wanted = narrowed.wanted_groups
+        unread = [*(["ease_neighbors", "ease_weights"] if "ease_score" in disabled else []),
+                  *([] if wanted["token"] else ["item_tokens"]),
+                  *([] if wanted["affinity"] else ["affinity_labels"]),
+                  *([] if wanted["cooc"] else ["neighbors", "neighbor_weights"])]
+        return replace(narrowed, **{name: np.zeros((self.n_items, 0), getattr(self, name).dtype) for name in unread})
 
 ARRAY_FIELDS = ("item_tokens", "affinity_labels", "label_field", "item_log_count", "neighbors",
                 "neighbor_weights", "time_edges", "item_time_counts", "ease_neighbors", "ease_weights")
@@ -226,7 +230,9 @@ def time_count_table(frame: pd.DataFrame, n_items: int, n_bins: int = 64) -> tup
     bins = np.clip(np.searchsorted(edges, times, side="right") - 1, 0, n_bins - 1)
     counts = np.zeros((n_items, n_bins + 1), dtype=np.uint32)
     np.add.at(counts, (frame["i"].to_numpy(np.int64), bins + 1), 1)
-    return edges, np.cumsum(counts, axis=1, dtype=np.uint32)
+    cumulative = np.cumsum(counts, axis=1, dtype=np.uint32)
+    # The smallest unsigned type that holds the largest count: uint16 halves the table at 1M items.
+    return edges, cumulative.astype(np.min_scalar_type(int(cumulative.max(initial=0))), copy=False)
 
 
 def ease_tables(split: Split, n_neighbors: int = EASE_NEIGHBORS) -> dict:

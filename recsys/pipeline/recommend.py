@@ -5,7 +5,8 @@ The pipeline is assembled from pluggable stages so it is not tied to torch:
 - ``encode_users(users1 int64 [B], history1 int64 [B, L]) -> float32 [B, D]`` (index + 1, 0 = pad
   / unknown user), e.g. the torch user tower or an ONNX session;
 - ``index``: a FAISS index over the item vectors (positions = item indices);
-- ``item_vectors`` [n_items, D]: the rows fed to the ranker (dequantised rows for an int8 bundle);
+- ``item_vectors`` [n_items, D]: the rows fed to the ranker, gathered by item index (an int8
+  bundle dequantises each gather: `recsys.bundle.content.DequantizedRows`);
 - ``score_candidates(user_vec [B, D], item_vec [B, C, D], dense [B, C, F]) -> [B, C]`` (numpy in
   and out), with ``feature_tables`` for the dense features; ``None`` keeps the retrieval order.
 

@@ -48,7 +48,8 @@ def train_towers_into(out: Path, dataset: Dataset, split: Split, model_cfg: TwoT
     config = {"dataset": dataset.name, "fingerprint": dataset.fingerprint(), "source": dataset.source,
               "seed": train_cfg.seed, "held_out": held_out, "tower_training": train_cfg.to_dict(),
               "tower_result": {"best_epoch": result.best_epoch, "valid_NDCG@10": result.best_ndcg,
-                               "seconds": round(result.seconds, 1), "curve": result.curve}}
+                               "seconds": round(result.seconds, 1), "curve": result.curve,
+                               "throughput": result.throughput}}
     save_towers(out, result.model, split.users, split.items, item_tokens, user_tokens, config)
     log.info("saved towers to %s (best epoch %d, valid NDCG@10 %.4f, %.0f s)", out, result.best_epoch,
              result.best_ndcg, result.seconds)
@@ -71,6 +72,7 @@ def train_ranker_into(out: Path, split: Split, cfg: RankerTrainConfig, ranker_sh
     summary = {"loss": result.loss, "best_epoch": result.best_epoch, "valid_NDCG@10": result.best_ndcg,
                "retrieval_valid_NDCG@10": result.retrieval_ndcg, "kept": result.kept, "examples": result.n_examples,
                "positive_retrieved": round(result.positive_recall, 4), "seconds": round(result.seconds, 1),
+               "examples_seconds": round(result.examples_seconds, 1),
                "runs": result.runs}
     updates = {"ranker_training": cfg.to_dict(), "ranker_result": summary}
     if not result.kept:

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from recsys.data.history import History
 from recsys.data.tokens import TokenTable
 from recsys.evaluate.scoring import evaluate_model, sample_users
+from recsys.index import build_index, resolve_factory, set_query_params
 from recsys.models.ranker import Ranker, RankerConfig
 from recsys.models.two_tower import TwoTower, TwoTowerConfig
 from recsys.pipeline.feature_tables import FeatureTables, build_feature_tables
@@ -54,6 +55,13 @@ EXAMPLE_SOURCES = ("holdout", "retriever")
 
 
 EXAMPLE_BATCH = 512
+# Past this catalogue size the training lists come from an IVF index over the same vectors: an
+# exact index answers one query per FAISS call (it skips seen items inside the scan), ~8 ms at 1M
+# items, while a batched IVF search probing EXAMPLE_NPROBE lists is ~100x cheaper. Validation and
+# inference keep the pipeline's own index.
+EXACT_EXAMPLES_MAX_ITEMS = 200_000
+EXAMPLE_INDEX = "IVF{auto},Flat"
+EXAMPLE_NPROBE = 32
 
 
 @dataclass
@@ -117,6 +125,7 @@ class RankerTrainResult:
     n_examples: int = 0
     positive_recall: float = 0.0
     seconds: float = 0.0
+    examples_seconds: float = 0.0  # building the candidate lists and their features
 
     @property
     def kept(self) -> bool:
@@ -137,7 +146,9 @@ def prefix_requests(split: Split, cfg: RankerTrainConfig, rng: np.random.Generat
     chosen = np.unique(users)
     if len(chosen) > cfg.max_users:
         chosen = np.sort(rng.choice(chosen, size=cfg.max_users, replace=False))
-    rows = np.flatnonzero((position >= 1) & (position >= length - cfg.positives_per_user) & np.isin(users, chosen))
+    is_chosen = np.zeros(split.n_users, bool)
+    is_chosen[chosen] = True
+    rows = np.flatnonzero((position >= 1) & (position >= length - cfg.positives_per_user) & is_chosen[users])
     before = position[rows]
     # seen = items at positions 0..p-1 of the same user, i.e. global rows r-p .. r-1
     flat = np.repeat(rows - before, before) + (np.arange(before.sum()) - np.repeat(np.cumsum(before) - before, before))
@@ -155,6 +166,15 @@ def prefix_requests(split: Split, cfg: RankerTrainConfig, rng: np.random.Generat
 
 def _row_keys(rows: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
     return rows.astype(np.int64) * n_items + items
+
+
+def in_sorted(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """``np.isin(query, sorted_keys)`` for keys sorted once: a binary search per query instead of
+    a sort of both arrays per call (10M keys: ~1 s per call with np.isin)."""
+    if sorted_keys.size == 0:
+        return np.zeros(query.shape, bool)
+    at = np.minimum(np.searchsorted(sorted_keys, query), sorted_keys.size - 1)
+    return sorted_keys[at] == query
 
 
 def holdout_split(split: Split, n_last: int) -> Split:
@@ -197,13 +217,13 @@ def _examples(split: Split, pipeline: Pipeline, cfg: RankerTrainConfig, rng: np.
         user_vec, cands, cand_scores = pipeline.retrieve(batch_users, rows.recent, rows.seen, cfg.n_candidates)
         target = targets[start:stop]
         # Hard negatives: a uniform sample of the retrieved items that are not the user's.
-        theirs = np.isin(_row_keys(users[start:stop, None], cands, n_items), user_items)
+        theirs = in_sorted(user_items, _row_keys(users[start:stop, None], cands, n_items))
         usable = (cands >= 0) & ~theirs
         priority = np.where(usable, rng.random(cands.shape), np.inf)
         picks = np.argsort(priority, axis=1, kind="stable")[:, :cfg.hard_negatives]
         hard = np.where(np.take_along_axis(usable, picks, 1), np.take_along_axis(cands, picks, 1), -1)
         uniform = rng.integers(0, n_items, (stop - start, cfg.random_negatives))
-        uniform = np.where(np.isin(_row_keys(users[start:stop, None], uniform, n_items), user_items), -1, uniform)
+        uniform = np.where(in_sorted(user_items, _row_keys(users[start:stop, None], uniform, n_items)), -1, uniform)
         listed = np.concatenate([target[:, None], hard, uniform], axis=1)
         batch_context = slice_context(context, slice(start, stop))
         _, _, dense, ranks = list_inputs(pipeline, batch_users, rows, listed, batch_context,
@@ -217,6 +237,16 @@ def _examples(split: Split, pipeline: Pipeline, cfg: RankerTrainConfig, rng: np.
     examples = RankingExamples(out_vec, out_cands, out_dense, float(retrieved.mean()),
                                teacher if list_teacher is not None else None)
     return examples.subset(retrieved) if cfg.only_retrieved else examples
+
+
+def example_pipeline(pipeline: Pipeline) -> Pipeline:
+    """The pipeline that proposes (and scores) training lists: ``pipeline`` itself, or past
+    EXACT_EXAMPLES_MAX_ITEMS items the same with an IVF index over its item vectors."""
+    if pipeline.n_items <= EXACT_EXAMPLES_MAX_ITEMS:
+        return pipeline
+    index = build_index(pipeline.item_vectors, resolve_factory(EXAMPLE_INDEX, pipeline.n_items))
+    set_query_params(index, {"nprobe": EXAMPLE_NPROBE})
+    return replace(pipeline, index=index)
 
 
 def list_inputs(pipeline: Pipeline, users: np.ndarray, rows: History, listed: np.ndarray, context: dict | None,
@@ -330,9 +360,12 @@ def train_ranker(split: Split, towers: TwoTower, tables: FeatureTables, cfg: Ran
     rng = np.random.default_rng(cfg.seed)
     pipeline = towers_pipeline(towers, tables)
     source = pipeline if example_source is None else towers_pipeline(*example_source(tables))
+    examples_started = time.perf_counter()  # with the IVF index, when one is built for the lists
+    source = example_pipeline(source)
     examples = _examples(split, source, cfg, rng, list_teacher)
-    log.info("ranker examples: %d lists of %d, positive retrieved in %.1f%%", len(examples),
-             examples.cands.shape[1], 100 * examples.retrieved_share)
+    examples_seconds = time.perf_counter() - examples_started
+    log.info("ranker examples: %d lists of %d in %.0f s, positive retrieved in %.1f%%", len(examples),
+             examples.cands.shape[1], examples_seconds, 100 * examples.retrieved_share)
     if len(examples) == 0:
         raise ValueError("no ranker examples: the retriever proposed no example's positive (only_retrieved)")
     valid_split = split if split.n_users <= cfg.eval_users else sample_users(split, cfg.eval_users, cfg.seed)
@@ -356,4 +389,4 @@ def train_ranker(split: Split, towers: TwoTower, tables: FeatureTables, cfg: Ran
                     runs[winner]["valid_NDCG@10"], retrieval_ndcg)
     return RankerTrainResult(models[winner], tables, winner, runs[winner]["best_epoch"], runs[winner]["valid_NDCG@10"],
                              retrieval_ndcg, runs, len(examples), examples.retrieved_share,
-                             time.perf_counter() - started)
+                             time.perf_counter() - started, examples_seconds)

@@ -59,8 +59,9 @@ class TowerTrainResult:
     model: TwoTower
     best_epoch: int
     best_ndcg: float
-    curve: list[dict] = field(default_factory=list)
+    curve: list[dict] = field(default_factory=list)  # per epoch: loss, validation (deterministic)
     seconds: float = 0.0
+    throughput: list[dict] = field(default_factory=list)  # per epoch: examples, wall-clock seconds, examples/s
 
 
 class NextItemExamples:
@@ -179,7 +180,8 @@ def resolve_objective(model_cfg: TwoTowerConfig, cfg: TowerTrainConfig) -> str:
     return cfg.objective
 
 
-def _epoch(model, examples, optimizer, cfg, rng, epoch, extra_loss: ExtraLoss | None = None) -> float:
+def _epoch(model, examples, optimizer, cfg, rng, epoch, extra_loss: ExtraLoss | None = None) -> tuple[float, int]:
+    """(mean loss, training examples seen) of one epoch."""
     model.train()
     order = rng.permutation(len(examples))
     per_batch = cfg.windows_per_batch if isinstance(examples, SequenceWindows) else cfg.batch_size
@@ -197,7 +199,7 @@ def _epoch(model, examples, optimizer, cfg, rng, epoch, extra_loss: ExtraLoss | 
         total += loss.item()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{total / (step + 1):.3f}")
-    return total / max(n_batches, 1)
+    return total / max(n_batches, 1), min(n_batches * per_batch, len(order))
 
 
 def _batch_loss(model, examples, batch, cfg: TowerTrainConfig, extra_loss: ExtraLoss | None) -> torch.Tensor:
@@ -258,12 +260,18 @@ def train_two_tower(split: Split, model_cfg: TwoTowerConfig, cfg: TowerTrainConf
     examples = (SequenceWindows if objective == "sequence" else NextItemExamples)(split, model_cfg.history_len)
     optimizer = make_optimizer(model, cfg)
     best_state, best_ndcg, best_epoch, curve, stale = None, -1.0, 0, [], 0
+    throughput = []
     bar = tqdm(range(1, cfg.epochs + 1), desc=label, unit="epoch")
     for epoch in bar:
-        loss = _epoch(model, examples, optimizer, cfg, rng, epoch, extra_loss)
+        epoch_started = time.perf_counter()
+        loss, seen = _epoch(model, examples, optimizer, cfg, rng, epoch, extra_loss)
+        train_seconds = time.perf_counter() - epoch_started
         ndcg = validation_ndcg(model, split, cfg.eval_users, cfg.seed)
         curve.append({"epoch": epoch, "loss": round(loss, 5), "valid_NDCG@10": round(ndcg, 5),
                       "temperature": round(1.0 / model.inv_temperature.item(), 5)})
+        throughput.append({"epoch": epoch, "examples": seen, "of_epoch": round(seen / max(len(examples), 1), 4),
+                           "train_seconds": round(train_seconds, 1),
+                           "examples_per_s": round(seen / max(train_seconds, 1e-9), 1)})
         bar.set_postfix(loss=f"{loss:.3f}", val_ndcg=f"{ndcg:.4f}", best=f"{max(best_ndcg, ndcg):.4f}")
         log.info("%s epoch %d: loss %.4f, valid NDCG@10 %.4f", label, epoch, loss, ndcg)
         if ndcg > best_ndcg:
@@ -276,4 +284,4 @@ def train_two_tower(split: Split, model_cfg: TwoTowerConfig, cfg: TowerTrainConf
                 break
     model.load_state_dict(best_state)
     model.eval()
-    return TowerTrainResult(model, best_epoch, best_ndcg, curve, time.perf_counter() - started)
+    return TowerTrainResult(model, best_epoch, best_ndcg, curve, time.perf_counter() - started, throughput)

@@ -105,3 +105,12 @@ def test_card_latency_is_timed_in_turns_cold_then_served(tiny_bundle):
     # The served pass, after its warm-up: blocks of 20 (the first one untimed) in turn.
     served = calls[-2 * (len(users) + 2):]
     assert served == (["a"] * 21 + ["b"] * 21 + ["a"] * 11 + ["b"] * 11)
+
+
+def test_large_catalogues_time_variants_a_few_at_a_time_with_the_compared_pair_together():
+    from compression.variants import ALL_AT_ONCE_MAX_ITEMS, latency_groups
+
+    names = ["teacher-fp32", "student-fp32-nokd", "student-fp32", "compressed", "compressed-pq"]
+    assert latency_groups(names, ("teacher-fp32", "compressed"), ALL_AT_ONCE_MAX_ITEMS) == [names]
+    groups = latency_groups(names, ("teacher-fp32", "compressed"), ALL_AT_ONCE_MAX_ITEMS + 1)
+    assert groups == [["teacher-fp32", "compressed"], ["student-fp32-nokd", "student-fp32"], ["compressed-pq"]]

@@ -89,10 +89,10 @@ def test_checksum_errors_name_the_files(tmp_path, damage, field, expected):
 def test_wrong_format_version_says_how_to_fix(tmp_path):
     staging = _stage(tmp_path, "v1")
     manifest = json.loads((staging / "manifest.json").read_text())
-    manifest["format_version"] = 2
+    manifest["format_version"] = 3
     (staging / "manifest.json").write_text(json.dumps(manifest))
 
-    expected = r"bundle format 2 is not supported .*expects 1.*make retrain"
+    expected = r"bundle format 3 is not supported .*reads 1, 2.*make retrain"
     with pytest.raises(BundleFormatError, match=expected):
         load_manifest(staging)
 

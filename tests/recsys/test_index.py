@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from recsys.index import (
     IndexConfigError,
     build_index,
     exact_topk,
+    exact_vectors,
     get_query_params,
     index_bytes,
     load_index,
@@ -118,6 +121,28 @@ def test_save_load_round_trip_keeps_results_and_query_params(data, tmp_path):
     assert (meta["dim"], meta["ntotal"], meta["query_params"]) == (DIM, N_ITEMS, {"nprobe": 8})
     assert meta["faiss_version"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.faiss", "index.json"]  # no temp files left
+
+
+@pytest.mark.parametrize("factory", ["Flat", "SQ8", "PQ8", "IVF64,SQ8", "HNSW16"])
+def test_a_mapped_index_searches_like_one_read_into_memory(data, tmp_path, factory):
+    index = build_index(data["items"], factory, seed=3)
+    set_query_params(index, get_query_params(index) | ({"nprobe": 8} if "IVF" in factory else {}))
+    save_index(index, tmp_path, {"factory": factory})
+    mapped, _ = load_index(tmp_path)
+    in_memory, _ = load_index(tmp_path, mmap=False)
+    assert str(tmp_path / "index.faiss") in Path("/proc/self/maps").read_text()
+    for got, want in zip(search(mapped, data["queries"], K), search(in_memory, data["queries"], K), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_flat_index_lends_its_exact_vectors_and_a_lossy_one_none(data, tmp_path):
+    save_index(build_index(data["items"], "Flat"), tmp_path, {"factory": "Flat"})
+    vectors = exact_vectors(load_index(tmp_path)[0])
+    gc.collect()  # the index is only referenced through the view now
+    np.testing.assert_array_equal(vectors, data["items"].astype(np.float32))
+    assert not vectors.flags.writeable
+    assert exact_vectors(build_index(data["items"], "SQ8")) is None
+    assert exact_vectors(build_index(data["items"], "IVF64,Flat", seed=3)) is None
 
 
 def test_save_needs_the_factory_string(data, tmp_path):

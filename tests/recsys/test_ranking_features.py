@@ -60,6 +60,7 @@ def test_disabled_features_are_zeroed_and_unknown_names_refused():
 def test_time_features_only_count_interactions_before_the_request():
     frame = pd.DataFrame({"u": [0, 0, 1, 1, 2], "i": [3, 3, 3, 0, 1], "t": [0, 10, 20, 30, 95]})
     edges, counts = time_count_table(frame, 5, n_bins=10)
+    assert counts.dtype == np.uint8 and counts[3, -1] == 3  # the smallest type that holds the counts
     tables = hand_tables(time_edges=edges, item_time_counts=counts)
     early = features_for(tables, one_user([1]), [3, 0], {"timestamp": 25, "last_timestamp": 5})
     late = features_for(tables, one_user([1]), [3, 0], {"timestamp": 99})
@@ -108,6 +109,11 @@ def test_a_student_without_costly_features_skips_their_user_side_and_keeps_the_r
     assert expected["token_overlap"].any() and expected["cooc_recent"].any()  # what is dropped was not zero
     for name in full.feature_names():
         assert got[name] == pytest.approx(0.0 if name in dropped else expected[name]), name
+    # ... and does not ship the arrays only those features read
+    arrays = lean.to_arrays()
+    for name in ("item_tokens", "affinity_labels", "neighbors", "neighbor_weights"):
+        assert arrays[name].shape == (full.n_items, 0), name
+    assert features_for(FeatureTables.from_arrays(arrays), history, [3, 4, 0]).keys() == got.keys()
 
 
 def test_the_ease_feature_is_the_ease_score_over_each_items_strongest_weights(checkerboard, checkerboard_split):

@@ -140,6 +140,35 @@ def test_category_aware_popularity_beats_global_popularity(generated):
     assert personal_hr > 1.5 * global_hr
 
 
+def _launch_days(items_ids):
+    catalog = build_catalog(CFG)
+    launch = np.empty(CFG.n_items, np.float32)
+    launch[catalog.slot_to_id] = catalog.launch
+    return launch[items_ids] / 86_400
+
+
+def test_launched_items_are_not_seen_before_their_launch_and_peak_soon_after(generated):
+    _, interactions, _ = generated
+    launch = _launch_days(interactions["item_id"].to_numpy())
+    day = (interactions["timestamp"].to_numpy() - CFG.start_time) / 86_400
+    new = np.isfinite(launch)
+    assert 0.1 < new.mean() < 0.9  # launches are part of the traffic, not all of it
+    # Items are drawn at their session's start; a session lasts minutes, not a day.
+    assert (day[new] >= launch[new] - 1.0).all()
+    age = day[new] - launch[new]
+    # Under a flat appeal over the rest of the window, interactions in the first two decay
+    # periods would be roughly their share of that window; the boost makes them far more.
+    remaining = CFG.days - launch[new]
+    early = age < 2 * CFG.launch_decay_days
+    flat_share = np.minimum(2 * CFG.launch_decay_days / remaining, 1.0).mean()
+    assert early.mean() > 1.5 * flat_share
+
+
+def test_no_launches_gives_every_item_from_the_start():
+    catalog = build_catalog(replace(CFG, new_item_share=0.0))
+    assert np.isneginf(catalog.launch).all()
+
+
 def test_presets_have_the_promised_sizes():
     assert PRESETS["synthetic"].n_interactions == 200_000
     big = PRESETS["synthetic-1m"]

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import json
 
+import faiss
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from recsys.evaluate.cli import main as evaluate_main
+from recsys.index import build_index
+from recsys.pipeline.recommend import Pipeline
 from recsys.split import GATE_EVENTS
 from recsys.train.cli import main as train_main
 from recsys.train.model_dir import RANKING_FEATURES, load_trained
-from recsys.train.ranker import RankerTrainConfig, holdout_split, list_distillation_loss, list_loss, prefix_requests
+from recsys.train.ranker import (
+    RankerTrainConfig,
+    example_pipeline,
+    holdout_split,
+    in_sorted,
+    list_distillation_loss,
+    list_loss,
+    prefix_requests,
+)
 from tests.fixtures.data import checkerboard_dataset
 
 TINY = ["--epochs", "2", "--dim", "8", "--hidden", "16", "--batch-size", "64", "--history-len", "8",
@@ -133,3 +145,34 @@ def test_a_ranker_that_does_not_beat_retrieval_is_not_kept(log_files, monkeypatc
     assert load_trained(out).ranker is None
     assert metrics["full"]["NDCG@10"] == pytest.approx(metrics["retrieval"]["NDCG@10"])
     assert "ranker not kept" in caplog.text
+
+
+def test_sorted_key_membership_matches_isin():
+    rng = np.random.default_rng(0)
+    keys = np.sort(rng.choice(10_000, 3_000, replace=False)).astype(np.int64)
+    query = rng.integers(-5, 10_005, (40, 30))
+    assert np.array_equal(in_sorted(keys, query), np.isin(query, keys))
+    assert not in_sorted(keys[:0], query).any()
+
+
+def test_large_catalogue_lists_come_from_an_ivf_search_close_to_the_exact_one(monkeypatch):
+    import recsys.train.ranker as ranker_module
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((2_000, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = rng.standard_normal((64, 8)).astype(np.float32)
+    exact = Pipeline(encode_users=lambda users1, history1: queries[users1 - 1], index=build_index(vectors, "Flat"),
+                     item_vectors=vectors, popularity=np.zeros(2_000, np.float32), history_len=4, n_users=64)
+    assert example_pipeline(exact) is exact  # small catalogues keep the exact index
+    monkeypatch.setattr(ranker_module, "EXACT_EXAMPLES_MAX_ITEMS", 1_000)
+    approximate = example_pipeline(exact)
+    assert type(faiss.downcast_index(approximate.index)).__name__ == "IndexIVFFlat"
+    users = np.arange(64)
+    banned = sp.random(64, 2_000, density=0.01, format="csr", random_state=0, dtype=np.float32)
+    recent = np.full((64, 4), -1)
+    _, want, _ = exact.retrieve(users, recent, banned, 50)
+    _, got, _ = approximate.retrieve(users, recent, banned, 50)
+    recall = np.mean([len(set(a) & set(b)) / 50 for a, b in zip(want, got, strict=True)])
+    assert recall > 0.9
+    assert not any(banned[row, got[row]].nnz for row in range(64))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from recsys.bundle.manifest import BundleNotFound
+from recsys.bundle.manifest import FORMAT_VERSION, BundleNotFound
 from recsys.pipeline.served import ServingModel
 from serving.app import create_app
 from serving.schemas import VersionResponse
@@ -30,7 +30,7 @@ def test_not_ready_until_the_lifespan_has_loaded_the_model(settings):
 def test_version_summarises_the_manifest(client, bundles):
     body = VersionResponse.model_validate(client.get("/version").json())
     assert body.bundle_version == bundles.v1
-    assert body.kind == "teacher" and body.format_version == 1
+    assert body.kind == "teacher" and body.format_version == FORMAT_VERSION
     assert body.data_fingerprint == bundles.dataset.fingerprint()
     assert body.metrics == {"MRR@10": 1.0} and body.created_at.endswith("Z")
 

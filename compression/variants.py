@@ -116,8 +116,7 @@ def request_latencies(models: dict[str, ServingModel], user_ids) -> dict[str, di
 
 
 # Past this many items the variants are timed a few at a time: each loaded 1M-item bundle holds
-# hundreds of MB (tables, histories, index), and holding all nine at once was most of the 1M
-# compression's 9.9 GB peak.
+# hundreds of MB (tables, histories, index), and the card measures nine of them.
 ALL_AT_ONCE_MAX_ITEMS = 200_000
 LATENCY_GROUP = 2
 

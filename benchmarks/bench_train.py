@@ -53,9 +53,9 @@ def run_training(dataset_args: list[str], model_dir: Path, extra: list[str], log
         epoch_examples = first["examples"] / max(first["of_epoch"], 1e-9)
         result["towers"] = {"examples_per_s": first["examples_per_s"], "epoch_examples": round(epoch_examples),
                             "full_epoch_minutes": round(epoch_examples / first["examples_per_s"] / 60, 1)}
-    if ranker.get("examples_seconds"):
-        result["ranker"] = {"lists": ranker["examples"], "lists_per_s": round(
-            ranker["examples"] / ranker["examples_seconds"], 1), "seconds": ranker["seconds"]}
+    if "examples_seconds" in ranker:  # kept or not, the ranker stage built its lists
+        result["ranker"] = {"lists": ranker["examples"], "kept": ranker["kept"], "lists_per_s": round(
+            ranker["examples"] / max(ranker["examples_seconds"], 1e-3), 1), "seconds": ranker["seconds"]}
     return result
 
 

@@ -72,7 +72,7 @@ def train_ranker_into(out: Path, split: Split, cfg: RankerTrainConfig, ranker_sh
     summary = {"loss": result.loss, "best_epoch": result.best_epoch, "valid_NDCG@10": result.best_ndcg,
                "retrieval_valid_NDCG@10": result.retrieval_ndcg, "kept": result.kept, "examples": result.n_examples,
                "positive_retrieved": round(result.positive_recall, 4), "seconds": round(result.seconds, 1),
-               "examples_seconds": round(result.examples_seconds, 1),
+               "examples_seconds": round(result.examples_seconds, 3),
                "runs": result.runs}
     updates = {"ranker_training": cfg.to_dict(), "ranker_result": summary}
     if not result.kept:

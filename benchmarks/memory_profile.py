@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 
 SAMPLE_S = 0.5
+MAX_KEPT_SAMPLES = 500
 # Progress-bar redraws are not phases: only log lines ("INFO module: ...") name one.
 PHASE_LINE = re.compile(r"^(INFO|WARNING)\s+\S+:\s")
 
@@ -137,9 +138,12 @@ def main(argv=None) -> int:
         parser.error("give the command to profile after --")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = profile(command, args.out.with_suffix(".log"))
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))
     plot(result, args.out.with_suffix(".png"))
+    # The plot has every sample; the JSON keeps at most MAX_KEPT_SAMPLES of them (and the peak).
+    samples = result["samples"]
+    result["samples"] = samples[::max(1, len(samples) // MAX_KEPT_SAMPLES)]
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     sys.stderr.write(markdown(result))
     return result["returncode"]
 

@@ -62,17 +62,14 @@ def run_training(dataset_args: list[str], model_dir: Path, extra: list[str], log
 def ladder_dataset(n_interactions: int, data_dir: Path, n_items: int | None = None) -> list[str]:
     """recsys.train's dataset flags for a synthetic-1m-shaped log with ``n_interactions`` rows
     (and ``n_items`` items instead of 1M, for a quick run)."""
-    from recsys.data.synthetic import PRESETS, generate
+    from recsys.data.synthetic import PRESETS, ensure_generated
 
     preset = PRESETS["synthetic-1m"]
     n_items = n_items or preset.n_items
     cfg = replace(preset, n_interactions=n_interactions, n_users=n_interactions // INTERACTIONS_PER_USER,
                   n_items=n_items, n_categories=min(preset.n_categories, n_items))
-    out = data_dir / f"ladder-{n_items}-{n_interactions}"
-    meta = out / "meta.json"
-    if not meta.exists() or json.loads(meta.read_text()).get("config") != cfg.__dict__:
-        generate(cfg, out)
-    return ["--dataset", str(out / "interactions.parquet"), "--items", str(out / "items.parquet")]
+    paths = ensure_generated(cfg, data_dir / f"ladder-{n_items}-{n_interactions}")
+    return ["--dataset", str(paths.interactions), "--items", str(paths.items)]
 
 
 def ladder_markdown(rows: list[dict], n_items: int) -> str:

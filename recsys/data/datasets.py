@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import logging
 import subprocess
 import sys
@@ -158,16 +157,13 @@ def load_instacart(data_dir: Path) -> Dataset:
 
 
 def load_synthetic(name: str, data_dir: Path, seed: int | None = None) -> Dataset:
-    from recsys.data.synthetic import PRESETS, generate  # heavy generator only when asked for
+    from recsys.data.synthetic import PRESETS, ensure_generated  # heavy generator only when asked for
 
     cfg = PRESETS[name]
     if seed is not None:
         cfg = type(cfg)(**{**cfg.__dict__, "seed": seed})
     out_dir = data_dir / "synthetic" / f"{name}-seed{cfg.seed}"
-    meta = out_dir / "meta.json"
-    # A log made by an older generator config (e.g. before launches) is made again, not reused.
-    if not meta.exists() or json.loads(meta.read_text()).get("config") != cfg.__dict__:
-        generate(cfg, out_dir)
+    ensure_generated(cfg, out_dir)
     inter = pd.read_parquet(out_dir / "interactions.parquet")
     items = pd.read_parquet(out_dir / "items.parquet")
     return Dataset(name, validate_interactions(inter, str(out_dir)), validate_items(items), None, (),

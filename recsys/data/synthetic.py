@@ -468,6 +468,16 @@ def generate(cfg: SyntheticConfig, out_dir: Path, progress: bool = True) -> Synt
     return paths
 
 
+def ensure_generated(cfg: SyntheticConfig, out_dir: Path) -> SyntheticPaths:
+    """``out_dir``'s log, generated unless it already holds one made with this very config (a log
+    from an older config, e.g. before launches, is made again, not reused)."""
+    out_dir = Path(out_dir)
+    meta = out_dir / "meta.json"
+    if meta.exists() and json.loads(meta.read_text()).get("config") == asdict(cfg):
+        return SyntheticPaths(out_dir / "interactions.parquet", out_dir / "items.parquet", meta)
+    return generate(cfg, out_dir)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m recsys.data.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="synthetic")

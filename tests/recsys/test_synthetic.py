@@ -196,3 +196,14 @@ def test_cli_rejects_bad_flags(tmp_path, capsys, argv, message):
         main(["--out", str(tmp_path), *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_log_is_reused_for_its_own_config_and_made_again_for_another(tmp_path):
+    from recsys.data.synthetic import ensure_generated
+
+    small = replace(CFG, n_users=40, n_interactions=800)
+    first = ensure_generated(small, tmp_path)
+    stamp = first.interactions.stat().st_mtime_ns
+    assert ensure_generated(small, tmp_path).interactions.stat().st_mtime_ns == stamp
+    ensure_generated(replace(small, seed=small.seed + 1), tmp_path)
+    assert json.loads(first.meta.read_text())["config"]["seed"] == small.seed + 1

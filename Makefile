@@ -13,7 +13,8 @@ WORKERS ?= 1
 TRAIN_ARGS ?=
 COMPRESS_ARGS ?=
 
-.PHONY: setup test test-fast test-slow lint evaluate train bundles serve bench bench-train clean
+.PHONY: setup test test-fast test-slow lint evaluate train bundles serve bench bench-train clean search-report \
+	bench-search
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -76,6 +77,16 @@ bench: setup
 bench-train: setup
 	$(BIN)/python -m benchmarks.bench_train --ladder --out reports/bench/train
 
+# Search quality on ml-100k's real titles (labels: reports/search/ml-100k/queries.jsonl; ~6 min), and search
+# speed over the 1M-item synthetic catalogue with the ml-100k compressed bundle's served encoder.
+search-report: setup
+	$(BIN)/python -m compression.search --dataset ml-100k --data-dir $(DATA_DIR) \
+		--queries reports/search/ml-100k/queries.jsonl --out reports/search/ml-100k
+
+bench-search: bundles
+	$(BIN)/python -m benchmarks.bench_search --dataset synthetic-1m --data-dir $(DATA_DIR) \
+		--encoder $(BUNDLES)/compressed/current/search/encoder --out reports/search/synthetic-1m
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
@@ -115,7 +126,8 @@ SCALE_EPOCHS ?= $(or $(SCALE_EPOCHS_$*),2)
 SCALE_STEPS ?= $(or $(SCALE_STEPS_$*),1500)
 SCALE_TRAIN_ARGS ?= --dim 64 --hidden 128 --depth 1 --batch-size 1024 --eval-users 2000 --ranker-examples retriever \
 	--ranker-positives-per-user 5 --ranker-epochs 3 --ranker-patience 1 --ranker-eval-users 2000
-SCALE_COMPRESS_ARGS ?= --eval-users 2000 --latency-requests 200 --student-dim 32 --sequential
+# No search index at scale: MiniLM would take hours over a million titles (`make bench-search` measures search there).
+SCALE_COMPRESS_ARGS ?= --eval-users 2000 --latency-requests 200 --student-dim 32 --sequential --no-search
 scale-%: setup
 	$(BIN)/python -m recsys.train --dataset synthetic-$* --out $(ARTIFACTS)/synthetic-$*/model $(SCALE_TRAIN_ARGS) \
 		--epochs $(SCALE_EPOCHS) --max-steps-per-epoch $(SCALE_STEPS)

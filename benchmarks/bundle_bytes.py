@@ -28,6 +28,7 @@ PARTS = (
     ("history", "histories (recent items, seen sets, last times)"),
     ("ranking_features", "ranking feature tables"),
     ("catalog", "catalogue titles"),
+    ("search/", "search (encoder, text vectors, BM25)"),
     ("users.json", "id maps"),
     ("items.json", "id maps"),
 )

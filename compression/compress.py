@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from compression.bundle_writer import BundleSpec, WholeLog, publish_bundle, publish_whole_log
 from compression.distill import RankerDistillConfig, TowerDistillConfig
 from compression.report import write_card
+from compression.search import TEACHER_ENCODER, SearchBuildConfig, catalogue_texts, install_search, search_section
 from compression.students import StudentConfig, sample_requests, teacher_student, train_student
 from compression.techniques import damaged, low_rank, pick_published, pruned
 from compression.variants import (
@@ -65,9 +66,22 @@ class CompressConfig:
     target_recall: float = 0.95
     publish: bool = True
     reports_dir: Path | None = Path("reports/compression")
+    # None: no search index (the bundles answer /search with 404); otherwise built and gated here.
+    search: SearchBuildConfig | None = field(default_factory=SearchBuildConfig)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "reports_dir": str(self.reports_dir)}
+
+
+def search_for(dataset: Dataset, split: Split, out: Path, cfg: CompressConfig) -> dict | None:
+    """The search section (`compression.search`), or None without a catalogue text to search."""
+    if cfg.search is None:
+        return None
+    texts = catalogue_texts(dataset.items, split.items)
+    if texts is None:
+        log.info("no search index: %s has no catalogue text column", dataset.name)
+        return None
+    return search_section(texts, dataset.items, split.items, out / "variants" / "search", cfg.search, cfg.threshold)
 
 
 def index_factories(n_items: int, dim: int) -> tuple[str, str]:
@@ -198,6 +212,7 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
     decide = _paired(scores, gate_events, cfg.threshold)
     rows = [{**row, "vs_teacher": _vs_teacher(decide, row["name"])} for row in rows]
     published, kept = pick_published(rows, TECHNIQUES, decide, gate_reference=TEACHER)
+    search = search_for(dataset, split, out, cfg)
     card = {"dataset": dataset.name, "fingerprint": dataset.fingerprint(), "variants": rows,
             "gate": gate(rows, decide, cfg.threshold, published), "controls": controls(rows, decide),
             "distillation": distillation(rows, decide),
@@ -205,6 +220,8 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
             "config": config, "students": {"nokd": nokd.summary, "kd": kd.summary},
             "scored_on": gate_events.describe(),
             "notes": _card_notes(gate_events, len(requests), cfg.student.disabled_features, groups)}
+    if search is not None:
+        card["search"] = {key: value for key, value in search.items() if key != "dirs"}
     refused = not card["gate"]["passed"]
     first_build = not current_version(out / "compressed")
     if refused:
@@ -219,6 +236,10 @@ def compress(model_dir: Path, dataset: Dataset, split: Split, out: Path, cfg: Co
         raise GateFailed(f"{card['gate']['decision']}: refused, nothing was published (card: {out / 'card.md'})")
     if cfg.publish:
         publishing = [(TEACHER, "teacher")] if refused else [(TEACHER, "teacher"), (published, "compressed")]
+        if search is not None:  # the teacher serves the fp32 teacher's search, the compressed the gated one
+            for name, _ in publishing:
+                install_search(Path(search["dirs"][TEACHER_ENCODER if name == TEACHER else search["served"]]),
+                               dirs[name])
         card["measured"], card["published"] = _publish(publishing, dirs, out, dataset, rows, config,
                                                        WholeLog.of(split, trained.item_tokens),
                                                        serve_teacher=refused)

@@ -20,6 +20,7 @@ node's name, so ``exclude_nodes`` uses the same fp32 names in both modes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -447,7 +448,10 @@ def _preprocess(fp32_path: Path, out: Path) -> tuple[Path, bool]:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        quant_pre_process(str(fp32_path), str(out), skip_optimization=True)
+        # It writes scratch files (a uuid-named .data copy of the weights, sym_shape_infer_temp.onnx)
+        # into the working directory and leaves them: run it inside the caller's temp directory.
+        with contextlib.chdir(out.parent):
+            quant_pre_process(str(fp32_path.resolve()), str(out.resolve()), skip_optimization=True)
     except Exception as error:  # optional step: quantisation works without it
         log.warning("quant_pre_process failed on %s (%s); quantising the model as exported", fp32_path, error)
         return fp32_path, False

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -85,6 +86,8 @@ def card_markdown(card: dict, title: str) -> str:
                   ", ".join(f"{k} {v:.3f}" for k, v in card["ratios"].items())]
     if card.get("notes"):
         lines += ["", *[f"- {note}" for note in card["notes"]]]
+    if card.get("search"):
+        lines += ["", *search_lines(card["search"])]
     return "\n".join(lines) + "\n"
 
 
@@ -141,5 +144,88 @@ def write_card(card: dict, out_dir: Path, title: str) -> dict[str, Path]:
     paths["json"].write_text(json.dumps(card, indent=2, default=str))
     paths["md"].write_text(card_markdown(card, title))
     pareto_png(card, paths["png"], title)
+    if card.get("search"):
+        paths["search_png"] = out_dir / "search.png"
+        search_png(card["search"], paths["search_png"], f"search: {title}")
     log.info("report card written to %s", out_dir)
     return paths
+
+
+def _mean_ci(cell: dict) -> str:
+    low, high = cell["interval"]
+    return f"{cell['mean']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _ratio_ci(cell: dict) -> str:
+    ratio = cell["vs_teacher"]
+    return f"{ratio['ratio']:.3f} [{ratio['interval'][0]:.3f}, {ratio['interval'][1]:.3f}]"
+
+
+def _delta_ci(cell: dict) -> str:
+    delta = cell["vs_bm25"]
+    return f"{delta['delta']:+.3f} [{delta['interval'][0]:+.3f}, {delta['interval'][1]:+.3f}]"
+
+
+def _ms(row: dict, key: str) -> str:
+    return f"{row[key]:.3f}" if row.get(key) is not None else ""
+
+
+def _mb(row: dict, key: str) -> str:
+    return f"{row[key] / 1e6:.2f}" if row.get(key) is not None else ""
+
+
+def search_lines(section: dict) -> list[str]:
+    """The card's search section: quality per variant with paired intervals, costs, the gate."""
+    counts = section["queries"]
+    lines = [f"## Search (teacher encoder: {section['teacher']})", "",
+             f"{counts['known_item']} known-item queries (MRR@10) and {counts['attribute']} attribute queries "
+             "(NDCG@10), through the served search path; 95 % bootstrap intervals over queries, paired.", "",
+             "| variant | known-item MRR@10 | / teacher hybrid | − BM25 | attribute NDCG@10 | / teacher hybrid "
+             "| − BM25 | encode p50 ms | encode p99 ms | search p50 ms | encoder MB | search index MB |",
+             "|---|---|---|---|---|---|---|--:|--:|--:|--:|--:|"]
+    for row in section["rows"]:
+        known, attribute = row["known_item"], row["attribute"]
+        lines.append(f"| {row['name']} | {_mean_ci(known)} | {_ratio_ci(known)} | {_delta_ci(known)} | "
+                     f"{_mean_ci(attribute)} | {_ratio_ci(attribute)} | {_delta_ci(attribute)} | "
+                     f"{_ms(row, 'encode_p50_ms')} | {_ms(row, 'encode_p99_ms')} | {_ms(row, 'search_p50_ms')} | "
+                     f"{_mb(row, 'encoder_bytes')} | {_mb(row, 'search_bytes')} |")
+    tuning = section.get("fusion_tuning") or {}
+    if tuning:
+        dev = next(iter(tuning.values()))["dev_queries"]
+        lines += ["", f"Fusion weight w of BM25 (1 − w for the encoder's cosine), chosen per encoder on {dev} "
+                      "development queries (the generator's next seed): " +
+                  ", ".join(f"{name} {record['lexical_weight']}" for name, record in tuning.items()) + "."]
+    gate = section["gate"]
+    lines += ["", f"Search gate: serves **{gate['served']}** (threshold {gate['threshold']:.2f}). "
+              f"Rule: {gate['rule']}."]
+    for name, decisions in gate["decisions"].items():
+        lines.append(f"- {name}: " + "; ".join(
+            f"{kind} {d['ratio']:.3f} [{d['interval'][0]:.3f}, {d['interval'][1]:.3f}]"
+            f"{' shown worse' if d['shown_worse'] else ''}" for kind, d in decisions.items()))
+    return lines
+
+
+def search_png(section: dict, path: Path, title: str) -> None:
+    """Left: each variant's quality (both metrics, 95 % intervals). Right: query encoding p50 (log)."""
+    rows = section["rows"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.4, 1]})
+    ys = np.arange(len(rows))[::-1]
+    for offset, kind, color in ((0.15, "known_item", "tab:blue"), (-0.15, "attribute", "tab:orange")):
+        means = np.array([row[kind]["mean"] for row in rows])
+        lows = means - np.array([row[kind]["interval"][0] for row in rows])
+        highs = np.array([row[kind]["interval"][1] for row in rows]) - means
+        left.errorbar(means, ys + offset, xerr=[lows, highs], fmt="o", color=color, capsize=3,
+                      label=f"{kind.replace('_', '-')} {rows[0][kind]['metric']}")
+    left.set_yticks(ys, [row["name"] for row in rows], fontsize=8)
+    left.set_xlabel("quality, 95 % interval over queries")
+    left.set_title(title)
+    left.grid(alpha=0.3, axis="x")
+    left.legend(fontsize=8, loc="lower left")
+    timed = [row for row in rows if row.get("encode_p50_ms")]
+    right.barh([row["name"] for row in timed][::-1], [row["encode_p50_ms"] for row in timed][::-1], color="tab:green")
+    right.set_xscale("log")
+    right.set_xlabel("query encoding p50 (ms, one query per call, log scale)")
+    right.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -10,10 +10,13 @@ import math
 from typing import Any
 
 
-def _items_problem(items: Any, k: int, expected: int) -> str | None:
+def _items_problem(items: Any, k: int, expected: int | None) -> str | None:
+    """Well-formed entries, best first: exactly ``expected`` of them, or (None) at most ``k``."""
     if not isinstance(items, list):
         return "items is not a list"
-    if len(items) != expected:
+    if expected is None and len(items) > k:
+        return f"asked k={k}, got {len(items)} items"
+    if expected is not None and len(items) != expected:
         return f"asked k={k}, expected {expected} items, got {len(items)}"
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("item_id"), str) or not item["item_id"]:
@@ -81,6 +84,32 @@ def similar_problem(body: Any, *, item: str, k: int, n_items: int) -> str | None
         return problem
     if any(entry["item_id"] == item for entry in body["items"]):
         return "an item is listed as similar to itself"
+    return None
+
+
+def search_problem(body: Any, *, query: str, user: str | None, k: int, known: bool,
+                   excluded: tuple[str, ...] = (), content: bool = True) -> str | None:
+    """A /search answer for a query made of a catalogue title's words; ``content`` also requires a
+    match (the title's own item at least) and no excluded item."""
+    if not isinstance(body, dict):
+        return "body is not a JSON object"
+    missing = {"query", "user", "items", "model_version", "personalised"} - body.keys()
+    if missing:
+        return f"body lacks {sorted(missing)}"
+    if body["query"] != query:
+        return "body echoes another query"
+    if body["user"] != user:
+        return "body names another user"
+    if problem := _version_problem(body):
+        return problem
+    if body["personalised"] is not known:  # sampled known users all have history; unknown ones none
+        return f"{'known' if known else 'anonymous or unknown'} user answered personalised={body['personalised']!r}"
+    if problem := _items_problem(body["items"], k, None):
+        return problem
+    if content and not body["items"]:
+        return "no match for words of a catalogue title"
+    if content and {item["item_id"] for item in body["items"]} & set(excluded):
+        return "returned an excluded item"
     return None
 
 

@@ -10,7 +10,9 @@ so latencies compare at equal load. Each phase is split into ``--rounds`` rounds
 servers in rotating order, so a neighbour's burst of work on a shared machine hits all of them
 alike: req/s and CPU are medians over rounds, percentiles pool every round's samples. Traffic is
 ``/recommend?k=10`` for known users weighted by history length plus ~10% unknown users, seeded
-the same for every server. Writes ``summary.json``, ``summary.md`` and ``summary.png`` under
+the same for every server; at light load (one user) a server whose bundle has a search index also
+gets ``/search?k=10`` in an equal share, and every row has p50/p99 per endpoint, so "/search p50
+vs /recommend p50" is read from one run. Writes ``summary.json``, ``summary.md`` and ``summary.png`` under
 ``--out`` (Locust CSVs and logs in ``raw/``). Exit status: 0 clean, 1 some request failed or a run
 broke (the summary is still written), 2 bad input.
 """
@@ -32,9 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.harness import HarnessError, LocustStats, pinned, run_locust, running_server
-from loadtest.latency import percentiles
+from loadtest.latency import SHED_SUFFIX, percentiles
 from loadtest.server_metrics import buckets, histogram_delta, scrape
 from loadtest.summary import write_summary
+from recsys.bundle.load import has_search
 from recsys.bundle.manifest import BundleError, load_manifest
 from recsys.bundle.publish import resolve_bundle
 
@@ -129,7 +132,31 @@ def run_row(kind: str, mode: str, rounds: list[LocustStats], size: int) -> dict:
             "requests": sum(r.requests for r in rounds), "failures": sum(r.failures for r in rounds),
             "server_cpu": _median([r.server_cpu for r in rounds]),
             "server_rss_mb": max((r.server_rss_mb for r in rounds if r.server_rss_mb is not None), default=None),
-            "locust_cpu": _median([r.locust_cpu for r in rounds]), "bundle_bytes": size}
+            "locust_cpu": _median([r.locust_cpu for r in rounds]), "bundle_bytes": size,
+            "endpoints": endpoint_latencies(rounds)}
+
+
+def endpoint(name: str) -> str:
+    """A Locust request name's route: "/search [known user]" -> "/search"."""
+    return name.split(" ", 1)[0]
+
+
+def endpoint_latencies(rounds: list[LocustStats]) -> dict[str, dict]:
+    """p50/p99 and request count per route, every round's accepted (not shed) samples pooled; empty
+    when a round recorded none by name."""
+    if any(r.samples_by_name is None for r in rounds):
+        return {}
+    pooled: dict[str, list[np.ndarray]] = {}
+    for stats in rounds:
+        for name, samples in stats.samples_by_name.items():
+            if not name.endswith(SHED_SUFFIX) and len(samples):
+                pooled.setdefault(endpoint(name), []).append(samples)
+    out = {}
+    for route, parts in sorted(pooled.items()):
+        samples = np.concatenate(parts)
+        found = percentiles(samples)
+        out[route] = {"p50_ms": found["p50_ms"], "p99_ms": found["p99_ms"], "requests": len(samples)}
+    return out
 
 
 @dataclass
@@ -139,6 +166,7 @@ class Server:
     url: str
     pid: int
     size: int
+    search: bool = False  # its bundle has a search index (the light phase then sends /search too)
 
 
 class Comparison:
@@ -152,9 +180,9 @@ class Comparison:
         # Other work on the machine skews every number: the summary records how busy it was.
         self.load_at_start = [round(x, 2) for x in os.getloadavg()]
 
-    def locust_env(self, kind: str, rate_per_user: float | None) -> dict[str, str]:
+    def locust_env(self, kind: str, rate_per_user: float | None, mix: str = "recommend") -> dict[str, str]:
         sample_from = self.cfg.teacher if UNBATCHED.get(kind, kind) == "teacher" else self.cfg.compressed
-        env = {"RECSYS_LOADTEST_BUNDLE": str(sample_from), "RECSYS_LOADTEST_MIX": "recommend",
+        env = {"RECSYS_LOADTEST_BUNDLE": str(sample_from), "RECSYS_LOADTEST_MIX": mix,
                "RECSYS_LOADTEST_CHECKS": "shape" if kind == "ceiling" else "full",
                "RECSYS_LOADTEST_SEED": str(self.cfg.seed), "RECSYS_LOADTEST_RATE": ""}
         if rate_per_user is not None:
@@ -173,8 +201,9 @@ class Comparison:
                 env = UNBATCHED_ENV if kind in UNBATCHED else {}
                 log.info("%s: starting %s", kind, " ".join(command[:6]))
                 process, url = stack.enter_context(running_server(command, self.raw / f"{kind}-server.log", env=env))
-                servers.append(Server(kind, bundle, url, process.pid,
-                                      0 if kind == "ceiling" else bundle_bytes(bundle)))
+                model = kind != "ceiling"
+                servers.append(Server(kind, bundle, url, process.pid, bundle_bytes(bundle) if model else 0,
+                                      model and has_search(bundle)))
             for server in servers:
                 if cfg.warmup_seconds:
                     log.info("%s: warm-up %d s at %s", server.kind, cfg.warmup_seconds, server.url)
@@ -187,10 +216,11 @@ class Comparison:
             self.fixed_rps = max(1.0, cfg.fixed_fraction * teacher_max)
             self.phase(servers, "fixed", cfg.fixed_seconds, self.fixed_rps / cfg.users)
             if cfg.light_seconds:
-                self.phase(servers, "light", cfg.light_seconds, None, users=1)
+                self.phase(servers, "light", cfg.light_seconds, None, users=1, mix="recommend+search")
 
     def phase(self, servers: list[Server], mode: str, seconds: int, rate_per_user: float | None,
-              users: int | None = None) -> None:
+              users: int | None = None, mix: str = "recommend") -> None:
+        """``mix`` (a locustfile mix) where the server has a search index, /recommend alone elsewhere."""
         cfg = self.cfg
         users = users or cfg.users
         per_round = max(1, math.ceil(seconds / cfg.rounds))
@@ -201,7 +231,8 @@ class Comparison:
                 log.info("%s %s, round %d/%d: %d users, %s, %d s", server.kind, mode, number + 1, cfg.rounds,
                          users, f"{rate_per_user * users:.0f} req/s" if rate_per_user else "closed loop", per_round)
                 try:
-                    stats = self.locust(server, f"{mode}-{number + 1}", per_round, rate_per_user, users)
+                    stats = self.locust(server, f"{mode}-{number + 1}", per_round, rate_per_user, users,
+                                        mix if server.search else "recommend")
                 except HarnessError as exc:
                     self.problems.append(f"{server.kind} {mode} round {number + 1}: {exc}")
                     log.error("%s", self.problems[-1])
@@ -219,10 +250,10 @@ class Comparison:
                          row["requests"], _pct(row["server_cpu"]), _pct(row["locust_cpu"]))
 
     def locust(self, server: Server, label: str, seconds: int, rate_per_user: float | None,
-               users: int | None = None) -> LocustStats:
+               users: int | None = None, mix: str = "recommend") -> LocustStats:
         return run_locust(server.url, self.raw / f"{server.kind}-{label}", users=users or self.cfg.users,
                           seconds=seconds,
-                          env=self.locust_env(server.kind, rate_per_user), core=self.cfg.locust_core,
+                          env=self.locust_env(server.kind, rate_per_user, mix), core=self.cfg.locust_core,
                           server_pid=server.pid)
 
     def record_round(self, kind: str, mode: str, number: int, stats: LocustStats) -> None:
@@ -241,8 +272,10 @@ class Comparison:
         def p99(kind: str) -> float | None:
             return next((r["p99_ms"] for r in self.runs if r["bundle"] == kind and r["mode"] == "fixed"), None)
 
-        def p50_light(kind: str) -> float | None:
-            return next((r["p50_ms"] for r in self.runs if r["bundle"] == kind and r["mode"] == "light"), None)
+        def p50_light(kind: str, route: str = "/recommend") -> float | None:
+            """``route``'s p50 at light load (the light phase may mix /search in)."""
+            row = next((r for r in self.runs if r["bundle"] == kind and r["mode"] == "light"), None)
+            return None if row is None else row["endpoints"].get(route, {}).get("p50_ms")
 
         def cpu(kind: str) -> float | None:  # server CPU ms per request at max load
             row = next((r for r in self.runs if r["bundle"] == kind and r["mode"] == "max"), None)
@@ -259,6 +292,8 @@ class Comparison:
                        "cpu_per_request_of_ceiling": _ratio(cpu("compressed"), cpu("ceiling")),
                        "light_p50_batched_vs_unbatched": _ratio(p50_light("compressed"),
                                                                 p50_light("compressed-unbatched")),
+                       "light_p50_search_vs_recommend": _ratio(p50_light("compressed", "/search"),
+                                                               p50_light("compressed")),
                        "batching_throughput_compressed": _ratio(rps("compressed", "max"),
                                                                 rps("compressed-unbatched", "max")),
                        "batching_throughput_teacher": _ratio(rps("teacher", "max"), rps("teacher-unbatched", "max"))},
@@ -267,7 +302,9 @@ class Comparison:
                          "rounds": cfg.rounds, "warmup_seconds": cfg.warmup_seconds,
                          "fixed_rps_target": self.fixed_rps, "fixed_fraction": cfg.fixed_fraction,
                          "server_core": cfg.server_core, "locust_core": cfg.locust_core, "workers": 1,
-                         "traffic": "/recommend k=10, ~10% unknown users",
+                         "traffic": "/recommend k=10, ~10% unknown users; at light load also /search k=10 "
+                                    "(equal share; one or two words of a catalogue title, half signed in) where "
+                                    "the bundle has a search index",
                          "teacher": str(resolve_bundle(cfg.teacher)), "compressed": str(resolve_bundle(cfg.compressed)),
                          "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                          "cpus": os.cpu_count(), "load_average_at_start": self.load_at_start,

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from loadtest.latency import AGGREGATED, read_latencies, samples_path
+from loadtest.latency import AGGREGATED, read_latencies, read_samples_by_name, samples_by_name_path, samples_path
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,7 @@ class LocustStats:
     server_rss_mb: float | None = None
     latency_source: str = "locust-csv"
     samples: np.ndarray | None = None  # every response time (ms), when the locustfile recorded them
+    samples_by_name: dict[str, np.ndarray] | None = None  # the same, per request name ("/search")
 
 
 def parse_stats_csv(path: Path, name: str = AGGREGATED) -> dict[str, float]:
@@ -237,4 +238,6 @@ def run_locust(host: str, prefix: Path, *, users: int, seconds: int, env: dict[s
             stats.max_ms, stats.latency_source = exact["max_ms"], "locust-request-events"
         if samples_path(latencies).exists():
             stats.samples = np.load(samples_path(latencies))
+        if samples_by_name_path(latencies).exists():
+            stats.samples_by_name = read_samples_by_name(latencies)
     return stats

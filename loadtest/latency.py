@@ -47,15 +47,30 @@ class LatencyRecorder:
         return out
 
     def write(self, path: str | Path) -> None:
-        """Percentiles per name to ``path`` (JSON), every aggregated sample beside it (``.npy``)."""
+        """Percentiles per name to ``path`` (JSON), every aggregated sample beside it (``.npy``) and
+        every sample by name (``.npz``), so rounds can be pooled per endpoint."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.summary(), indent=2, sort_keys=True))
         np.save(samples_path(path), np.frombuffer(self._samples.get(AGGREGATED, array("d")), dtype=np.float64))
+        names = sorted(name for name in self._samples if name != AGGREGATED)
+        # Names ("/search [known user]") are not safe .npz keys: stored as an array beside numbered ones.
+        np.savez(samples_by_name_path(path), names=np.array(names, dtype=str),
+                 **{f"s{i}": np.frombuffer(self._samples[name], dtype=np.float64) for i, name in enumerate(names)})
 
 
 def samples_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".npy")
+
+
+def samples_by_name_path(path: str | Path) -> Path:
+    return Path(path).with_suffix(".npz")
+
+
+def read_samples_by_name(path: str | Path) -> dict[str, np.ndarray]:
+    """What `LatencyRecorder.write` stored per request name (``path``: its JSON)."""
+    with np.load(samples_by_name_path(path)) as stored:
+        return {str(name): stored[f"s{i}"] for i, name in enumerate(stored["names"].tolist())}
 
 
 def read_latencies(path: str | Path) -> dict[str, dict[str, float]]:

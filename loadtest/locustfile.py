@@ -4,10 +4,13 @@
         .venv/bin/locust -f loadtest/locustfile.py --headless -u 32 -r 32 --run-time 60s \\
         --host http://127.0.0.1:8000
 
-Mix (``RECSYS_LOADTEST_MIX=full``): /recommend 70% (known users weighted by history length, ~10%
-unknown users, a cart to exclude now and then), /similar 25% (popular and long-tail items, a few
-unknown ones that must 404), POST /events 5%. ``MIX=recommend`` sends only ``/recommend?k=10``
-(what loadtest.compare measures). ``RECSYS_LOADTEST_RATE=R`` paces each user at R requests/s
+Mix (``RECSYS_LOADTEST_MIX=full``): /recommend 55% (known users weighted by history length, ~10%
+unknown users, a cart to exclude now and then), /search 20% when the bundle has a search index
+(one or two words of a catalogue title; half anonymous, half signed in), /similar 20% (popular and
+long-tail items, a few unknown ones that must 404), POST /events 5%; without a search index its
+share goes to the others. ``MIX=recommend`` sends only ``/recommend?k=10`` (what loadtest.compare
+measures); ``MIX=recommend+search`` sends that and ``/search?k=10`` in equal shares (its light
+phase). ``RECSYS_LOADTEST_RATE=R`` paces each user at R requests/s
 (fixed-rate mode: constant throughput per user, each from a random phase); unset, users loop with
 no think time. Other knobs: ``UNKNOWN_SHARE``,
 ``CHECKS=full|shape``, ``LATENCIES=path.json``, ``MAX_FAIL_RATIO`` (default 0), ``P99_SLO_MS``,
@@ -28,17 +31,18 @@ import gevent
 from locust import FastHttpUser, events, task
 from locust.env import Environment
 
-from loadtest.checks import events_problem, recommend_problem, similar_problem, unknown_item_problem
+from loadtest.checks import events_problem, recommend_problem, search_problem, similar_problem, unknown_item_problem
 from loadtest.latency import SHED_SUFFIX, LatencyRecorder, write_final_csv
 from loadtest.traffic import RECOMMEND_KS, LoadConfig, LoadTestConfigError, Population
 from recsys.bundle.manifest import BundleError
 
 log = logging.getLogger("loadtest")
 
-FULL_MIX = {"recommend": 70, "similar": 25, "events": 5}
-RECOMMEND_ONLY = {"recommend": 1}
+FULL_MIX = {"recommend": 55, "search": 20, "similar": 20, "events": 5}
+MIXES = {"full": FULL_MIX, "recommend": {"recommend": 1}, "recommend+search": {"recommend": 1, "search": 1}}
 SIMILAR_UNKNOWN_SHARE = 0.02
 EXCLUDE_SHARE = 0.2
+SIGNED_IN_SHARE = 0.5  # searches sent with a user id (the rest are anonymous)
 
 
 class Shop:
@@ -59,6 +63,9 @@ def _load(environment: Environment, **_kwargs) -> None:
         Shop.population = Population.from_bundle(Shop.config.bundle)
     except (LoadTestConfigError, BundleError, OSError) as exc:
         raise SystemExit(f"locustfile: {exc}") from None
+    if Shop.config.mix == "recommend+search" and not Shop.population.has_search:
+        raise SystemExit(f"locustfile: MIX=recommend+search, but bundle {Shop.population.version} has no search "
+                         "index (or no titles to make queries from)")
     log.info("sampling %d known users and %d items from bundle %s; mix=%s, rate=%s req/s per user",
              Shop.population.n_known_users, Shop.population.n_items, Shop.population.version, Shop.config.mix,
              Shop.config.rate or "unpaced")
@@ -121,7 +128,8 @@ class ShopUser(FastHttpUser):
 
     def on_start(self) -> None:
         self.rng = random.Random(Shop.config.seed * 1_000_003 + next(Shop.user_numbers))
-        mix = FULL_MIX if Shop.config.mix == "full" else RECOMMEND_ONLY
+        mix = {action: weight for action, weight in MIXES[Shop.config.mix].items()
+               if action != "search" or Shop.population.has_search}
         self.actions, self.action_weights = list(mix), list(mix.values())
         self.content_checks = Shop.config.checks == "full"
         self.period = 1.0 / Shop.config.rate if Shop.config.rate else None
@@ -156,6 +164,29 @@ class ShopUser(FastHttpUser):
             problem = recommend_problem(_json(resp), user=user, k=k, known=known, n_items=people.n_items,
                                         seen=seen, excluded=excluded)
             if problem:
+                resp.failure(problem)
+
+    def search(self) -> None:
+        people, rng = Shop.population, self.rng
+        full_mix = Shop.config.mix == "full"
+        k = rng.choice(RECOMMEND_KS) if full_mix else 10
+        query = people.search_query(rng)
+        user, known, name = None, False, "/search"
+        if rng.random() < SIGNED_IN_SHARE:
+            known = rng.random() >= Shop.config.unknown_share
+            user = people.known_user(rng).user_id if known else people.unknown_user(rng)
+            name = "/search [known user]" if known else "/search [unknown user]"
+        excluded: tuple[str, ...] = ()
+        if full_mix and rng.random() < EXCLUDE_SHARE:
+            excluded = tuple({people.popular_item(rng) for _ in range(rng.randint(1, 3))})
+        params = {"q": query, "k": k} | ({"user": user} if user else {}) | (
+            {"exclude": ",".join(excluded)} if excluded else {})
+        with self.client.get(f"/search?{urlencode(params)}", name=name, catch_response=True) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"status {resp.status_code}")
+                return
+            if problem := search_problem(_json(resp), query=query, user=user, k=k, known=known, excluded=excluded,
+                                         content=self.content_checks):
                 resp.failure(problem)
 
     def similar(self) -> None:

@@ -31,7 +31,8 @@ def markdown(summary: dict) -> str:
              f"teacher's max), {settings.get('fixed_seconds')} s per server, each user paced from a random phase. "
              f"Each phase runs in {rounds} rounds visiting the servers in rotating order: req/s and CPU are "
              "medians over rounds, latency percentiles pool all rounds (client-side, exact to the µs). "
-             f"`light`: one user, closed loop, {settings.get('light_seconds', 0)} s per server. "
+             f"`light`: one user, closed loop, {settings.get('light_seconds', 0)} s per server, /search in an "
+             "equal share where the bundle has a search index (p50 per endpoint below the ratios). "
              "`-unbatched` servers are the same bundles with `RECSYS_MAX_BATCH=1` (one request per model pass) "
              "and no load shedding: the server as it was before the batcher. "
              f"A {settings.get('warmup_seconds')} s warm-up per server first; stats reset once all users run. "
@@ -56,7 +57,7 @@ def markdown(summary: dict) -> str:
     for key, label in OPTIONAL_RATIOS:
         if ratios.get(key) is not None:
             lines.append(f"| {label} | {_num(ratios[key], 2)} |")
-    lines += ["", *_batch_table(summary["runs"])]
+    lines += ["", *_endpoint_table(summary["runs"]), *_batch_table(summary["runs"])]
     notes = _notes(summary)
     if notes:
         lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
@@ -67,8 +68,25 @@ OPTIONAL_RATIOS = (
     ("cpu_per_request_of_ceiling", "server CPU per request at max load (compressed / ceiling)"),
     ("batching_throughput_compressed", "batching: compressed max req/s (max_batch default / 1)"),
     ("batching_throughput_teacher", "batching: teacher max req/s (max_batch default / 1)"),
-    ("light_p50_batched_vs_unbatched", "light load p50, compressed (batched / max_batch 1)"),
+    ("light_p50_batched_vs_unbatched", "light load /recommend p50, compressed (batched / max_batch 1)"),
+    ("light_p50_search_vs_recommend", "light load p50, compressed (/search / /recommend, same run)"),
 )
+
+
+def _endpoint_table(runs: list[dict]) -> list[str]:
+    """Light load p50 of each endpoint, measured in the same runs (one user, the endpoints interleaved)."""
+    rows = [run for run in runs if run["mode"] == "light" and run.get("endpoints")]
+    routes = sorted({route for run in rows for route in run["endpoints"]},
+                    key=lambda route: (route != "/recommend", route))  # /recommend first: the reference
+    if len(routes) < 2:
+        return []
+    lines = ["Light load p50 ms by endpoint, each bundle's endpoints in the same run (requests):", "",
+             "| bundle | " + " | ".join(routes) + " |", "|---|" + "--:|" * len(routes)]
+    for run in rows:
+        cells = [run["endpoints"].get(route) for route in routes]
+        lines.append(f"| {run['bundle']} | " + " | ".join(
+            "–" if cell is None else f"{_num(cell['p50_ms'], 2)} ({cell['requests']:,})" for cell in cells) + " |")
+    return [*lines, ""]
 
 
 def _batch_table(runs: list[dict]) -> list[str]:

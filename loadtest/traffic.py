@@ -4,7 +4,8 @@ Known users are drawn in proportion to their history length (the bundle's seen-C
 so heavy users come up more often, as they do in a shop; users without history are left out
 because the service rightly answers them with the popular fallback. Unknown users get fresh ids
 of the bundle's id kind (a large integer for integer-id bundles, ``visitor-<hex>`` otherwise), so
-they never collide with a known user or with each other.
+they never collide with a known user or with each other. Search queries are what a shopper types:
+one or two consecutive words of a catalogue title, lowercased.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys.bundle.load import read_population
+from recsys.bundle.load import has_search, read_population, read_titles
 from recsys.data.idmap import IdMap
+from recsys.search.text import words
 
 ENV_PREFIX = "RECSYS_LOADTEST_"
-MIXES = ("full", "recommend")
+MIXES = ("full", "recommend", "recommend+search")
 CHECK_LEVELS = ("full", "shape")
 POPULAR_SHARE = 0.1  # the most popular tenth of the catalogue counts as "popular" for /similar
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
@@ -40,7 +42,9 @@ class LoadConfig:
     """How the Locust users behave; every field has a ``RECSYS_LOADTEST_<NAME>`` variable."""
 
     bundle: Path
-    mix: str = "full"  # full: recommend + similar + events; recommend: /recommend only (k=10)
+    # full: recommend + search (when the bundle has it) + similar + events; recommend: /recommend only (k=10);
+    # recommend+search: /recommend and /search (k=10) in equal shares (loadtest.compare's light phase)
+    mix: str = "full"
     rate: float | None = None  # requests/s per user (constant_throughput); None: closed loop, no think time
     unknown_share: float = 0.1
     checks: str = "full"  # full: bodies agree with the bundle (seen, excluded); shape: JSON shape and k only
@@ -100,7 +104,7 @@ class Population:
     """Users and items of one bundle, with the weights a realistic request mix draws them by."""
 
     def __init__(self, version: str, users: IdMap, items: IdMap, seen_indptr: np.ndarray,
-                 seen_indices: np.ndarray, popularity: np.ndarray):
+                 seen_indices: np.ndarray, popularity: np.ndarray, titles: list[str] | None = None):
         self.version = version
         lengths = np.diff(seen_indptr)
         self._rows = np.flatnonzero(lengths > 0)
@@ -120,13 +124,28 @@ class Population:
         self._popular = order[:n_popular].tolist()
         self._popular_cum = list(itertools.accumulate(float(p) + 1e-9 for p in popularity[order[:n_popular]]))
         self._long_tail = order[n_popular:].tolist() or self._popular
+        self._title_words = [found for found in (words(title) for title in titles or ()) if found]
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike[str]) -> Population:
-        """Read ids, history and popularity straight from the bundle's files (no model is loaded)."""
+        """Read ids, history, popularity and, when the bundle serves /search, its titles straight from
+        the bundle's files (no model is loaded)."""
         found = read_population(path)
+        titles = read_titles(path) if has_search(path) else None
         return cls(found.manifest.bundle_version, found.users, found.items, found.seen_indptr, found.seen_indices,
-                   found.popularity)
+                   found.popularity, None if titles is None else [str(title) for title in titles.tolist()])
+
+    @property
+    def has_search(self) -> bool:
+        """Whether there are queries to send: the bundle has a search index and titles with words."""
+        return bool(self._title_words)
+
+    def search_query(self, rng: random.Random) -> str:
+        """One or two consecutive words of a random title, lowercased ("star", "star wars")."""
+        title = self._title_words[rng.randrange(len(self._title_words))]
+        length = min(len(title), rng.randint(1, 2))
+        start = rng.randrange(len(title) - length + 1)
+        return " ".join(title[start:start + length])
 
     @property
     def n_items(self) -> int:

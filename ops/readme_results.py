@@ -13,7 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from compression.report import CARD_COLUMNS, distillation_line, gate_lines, variant_table
+from benchmarks.bench_search import markdown as bench_markdown
+from compression.report import CARD_COLUMNS, distillation_line, gate_lines, search_lines, variant_table
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,25 @@ def scale_section(reports: Path) -> list[str]:
             *("| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows), ""]
 
 
+def search_report_section(reports: Path) -> list[str]:
+    """Search quality per variant (`python -m compression.search`) and speed at scale
+    (`benchmarks.bench_search`)."""
+    lines = []
+    for path in sorted((reports / "search").glob("*/search.json")):
+        section = json.loads(path.read_text())
+        lines += [f"### Search: {section.get('dataset', path.parent.name)}", "", *search_lines(section)[2:], ""]
+        if section.get("examples"):
+            lines += [f"Example queries, top 5 of the served hybrid ({section['served']}):", "",
+                      *section["examples"], ""]
+        if path.with_name("search.png").exists():
+            lines += [f"![search variants]({path.with_name('search.png').as_posix()})", ""]
+    for path in sorted((reports / "search").glob("*/bench.json")):
+        lines += ["##" + bench_markdown(json.loads(path.read_text()))]  # its "# " heading one level down
+    return lines
+
+
 def results_block(reports: Path) -> str:
-    lines = [BEGIN, "", *scale_section(reports)]
+    lines = [BEGIN, "", *scale_section(reports), *search_report_section(reports)]
     for card in sorted((reports / "compression").glob("*/card.json")):
         if card.parent.name in SCALE_DATASETS and card.parent.name not in FULL_CARD_SCALES:
             continue

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsys.data.events import InvalidEvent
-from recsys.pipeline.served import UnknownItemError
+from recsys.pipeline.served import NoSearchIndex, UnknownItemError
 from serving.schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -85,12 +85,18 @@ def _unknown_item(exc: Exception) -> str:
             "(new items become known after the next retrain)")
 
 
+def _no_search_index(exc: Exception) -> str:
+    return (f"{exc}; /search needs a bundle built by `python -m compression` (without --no-search) from a "
+            "dataset whose catalogue has titles")
+
+
 def _event_store_busy(exc: Exception) -> str:
     return f"event store unavailable ({exc}); nothing from this request was stored, retry later"
 
 
 _FOREIGN: dict[type[Exception], tuple[int, str, Any]] = {
     UnknownItemError: (404, "unknown_item", _unknown_item),
+    NoSearchIndex: (404, "no_search_index", _no_search_index),
     InvalidEvent: (422, "invalid_event", str),
     sqlite3.OperationalError: (503, "event_store_unavailable", _event_store_busy),
 }

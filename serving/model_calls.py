@@ -1,20 +1,20 @@
-"""What the batcher runs: a batch of parsed /recommend and /similar requests -> their JSON bodies.
+"""What the batcher runs: a batch of parsed /recommend, /similar and /search requests -> their JSON bodies.
 
 Requests are grouped by endpoint and by the bundle they were parsed against (a hot swap may land
 between two requests of one batch), each group answered by one pass of that bundle's pipeline
-(`ServingModel.recommend_many` / `similar_many`), and every answer is encoded here, as part of
-the batch, so the route only wraps bytes in a response.
+(`ServingModel.recommend_many` / `similar_many` / `search_many`), and every answer is encoded
+here, as part of the batch, so the route only wraps bytes in a response.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic_core import to_json
 
-from recsys.pipeline.served import Ask, Recommendation
+from recsys.pipeline.served import Ask, Recommendation, SearchAsk
 from serving.metrics import ServingMetrics
 from serving.state import LiveModel
 
@@ -34,7 +34,15 @@ class SimilarCall:
     k: int
 
 
-ModelCall = RecommendCall | SimilarCall
+@dataclass(frozen=True)
+class SearchCall:
+    live: LiveModel
+    query: str  # as the client sent it (echoed in the body)
+    user: str | None
+    ask: SearchAsk
+
+
+ModelCall = RecommendCall | SimilarCall | SearchCall
 
 
 def _items(rec: Recommendation) -> list[dict[str, Any]]:
@@ -56,6 +64,11 @@ def similar_json(item: str, rec: Recommendation, version: str) -> bytes:
     return to_json({"item": item, "items": _items(rec), "model_version": version})
 
 
+def search_json(call: SearchCall, rec: Recommendation, version: str) -> bytes:
+    return to_json({"query": call.query, "user": call.user, "items": _items(rec), "model_version": version,
+                    "personalised": call.ask.personal})
+
+
 def run_calls(calls: Sequence[ModelCall], metrics: ServingMetrics) -> list[bytes]:
     """One JSON body per call, in order."""
     groups: dict[tuple[type, int], list[int]] = {}
@@ -64,7 +77,7 @@ def run_calls(calls: Sequence[ModelCall], metrics: ServingMetrics) -> list[bytes
     bodies: list[bytes] = [b""] * len(calls)
     for (kind, _), positions in groups.items():
         group = [calls[position] for position in positions]
-        answers = _recommend(group, metrics) if kind is RecommendCall else _similar(group, metrics)
+        answers = _ANSWER[kind](group, metrics)
         for position, body in zip(positions, answers, strict=True):
             bodies[position] = body
     return bodies
@@ -86,3 +99,15 @@ def _similar(calls: list[SimilarCall], metrics: ServingMetrics) -> list[bytes]:
     recs = live.model.similar_many([(call.index, call.k) for call in calls])
     metrics.observe_batch("/similar", len(calls))
     return [similar_json(call.item, rec, live.version) for call, rec in zip(calls, recs, strict=True)]
+
+
+def _search(calls: list[SearchCall], metrics: ServingMetrics) -> list[bytes]:
+    live = calls[0].live
+    recs = live.model.search_many([call.ask for call in calls])
+    metrics.observe_batch("/search", len(calls))
+    metrics.observe_stages("/search", recs[0].timings_ms)
+    return [search_json(call, rec, live.version) for call, rec in zip(calls, recs, strict=True)]
+
+
+_ANSWER: dict[type, Callable[[Any, ServingMetrics], list[bytes]]] = {
+    RecommendCall: _recommend, SimilarCall: _similar, SearchCall: _search}

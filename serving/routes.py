@@ -1,8 +1,8 @@
 """The HTTP endpoints. Limits come from ``Settings``, so each app's OpenAPI schema states its own.
 
-The hot endpoints (/recommend, /similar) are ``async``: they parse and validate the request on
-the event loop, then await the worker's `Batcher`, which answers everything waiting with one pass
-of the model (`serving.model_calls`); past a full queue they are shed before parsing
+The hot endpoints (/recommend, /similar, /search) are ``async``: they parse and validate the
+request on the event loop, then await the worker's `Batcher`, which answers everything waiting
+with one pass of the model (`serving.model_calls`); past a full queue they are shed before parsing
 (`serving.batcher.ShedWhenFull` on ``MODEL_ROUTES``). /events and /admin/reload block (fsync,
 loading a bundle), so they are plain ``def`` and run in the thread pool. Responses are declared as
 models (for the OpenAPI schema) but written as pre-serialised JSON;
@@ -23,11 +23,12 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from recsys.data.events import Event, EventStore
 from recsys.pipeline.request import RequestError, request_time
-from recsys.pipeline.served import UnknownItemError
+from recsys.pipeline.served import NoSearchIndex, UnknownItemError
+from recsys.search.text import MAX_QUERY_CHARS
 from serving.batcher import Batcher
 from serving.errors import AdminDisabled, InvalidRequest, NotInBundle, NotReady, Unauthorized
 from serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
-from serving.model_calls import ModelCall, RecommendCall, SimilarCall
+from serving.model_calls import ModelCall, RecommendCall, SearchCall, SimilarCall
 from serving.overlay import OverlayFeeder
 from serving.schemas import (
     ID_PATTERN,
@@ -41,6 +42,7 @@ from serving.schemas import (
     RecommendResponse,
     ReloadRequest,
     ReloadResponse,
+    SearchResponse,
     SimilarResponse,
     VersionResponse,
     event_in_model,
@@ -50,7 +52,7 @@ from serving.schemas import (
 from serving.settings import Settings
 from serving.state import ModelState
 
-MODEL_ROUTES = ("/recommend", "/similar")  # the routes that go through the batcher
+MODEL_ROUTES = ("/recommend", "/similar", "/search")  # the routes that go through the batcher
 
 JSON = "application/json"
 _HEALTHY = HealthResponse().model_dump_json().encode()
@@ -81,6 +83,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 MAX_QUERY_EXCLUDE_CHARS = 4096
 
 RECOMMEND_QUERY = frozenset({"user", "k", "exclude", "at"})
+SEARCH_QUERY = ("q", "user", "k", "exclude")
 
 
 def query_context(params: Mapping[str, str], columns: tuple[str, ...]) -> dict[str, float]:
@@ -90,6 +93,13 @@ def query_context(params: Mapping[str, str], columns: tuple[str, ...]) -> dict[s
         raise InvalidRequest(f"query.{unknown[0]}: unknown parameter; this bundle's context parameters are "
                              f"{list(columns) or 'none'}")
     return {name: _finite(f"query.{name}", params[name]) for name in columns if name in params}
+
+
+def refuse_unknown_parameters(params: Mapping[str, str], known: tuple[str, ...]) -> None:
+    """A misspelt parameter (``query=``, ``limit=``) is an error, as on /recommend, not silently ignored."""
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise InvalidRequest(f"query.{unknown[0]}: unknown parameter; this endpoint takes {list(known)}")
 
 
 def body_context(values: dict[str, float], columns: tuple[str, ...]) -> dict[str, float]:
@@ -130,16 +140,25 @@ def build_router(services: Services) -> APIRouter:
     settings, state, metrics = services.settings, services.state, services.metrics
     router = APIRouter()
 
-    def external_id(what: str) -> Any:
-        return Query(min_length=1, max_length=settings.max_id_length, pattern=ID_PATTERN, description=f"{what} id")
+    def external_id(what: str, note: str = "") -> Any:
+        return Query(min_length=1, max_length=settings.max_id_length, pattern=ID_PATTERN,
+                     description=f"{what} id{note}")
 
     UserId = Annotated[str, external_id("user")]
+    SearchUserId = Annotated[str | None, external_id("user", "; orders the matches by their taste")]
     ItemId = Annotated[str, external_id("item")]
     K = Annotated[int, Query(ge=1, le=settings.max_k, description="how many items to return")]
-    Exclude = Annotated[str | None, Query(
-        max_length=min(settings.max_exclude * (settings.max_id_length + 1), MAX_QUERY_EXCLUDE_CHARS),
-        description="comma-separated item ids never to return (e.g. the cart); a longer list goes in the "
-                    f"body of POST /recommend (up to {settings.max_exclude} ids)")]
+
+    def exclude_ids(note: str = "") -> Any:
+        return Query(max_length=min(settings.max_exclude * (settings.max_id_length + 1), MAX_QUERY_EXCLUDE_CHARS),
+                     description=f"comma-separated item ids never to return (e.g. the cart){note}")
+
+    Exclude = Annotated[str | None, exclude_ids("; a longer list goes in the body of POST /recommend (up to "
+                                                f"{settings.max_exclude} ids)")]
+    SearchExclude = Annotated[str | None, exclude_ids()]
+    SearchText = Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, pattern=ID_PATTERN,
+                                      description="what the shopper typed: words of a title, a genre, a "
+                                                  "description; a visible character, no control characters")]
     EventModel = event_in_model(settings.max_id_length)
     Events = Annotated[events_body(EventModel, settings.max_events_per_request), Body()]
 
@@ -198,6 +217,21 @@ def build_router(services: Services) -> APIRouter:
         if index < 0:
             raise UnknownItemError(item)
         return await answer(SimilarCall(live, item, index, k))
+
+    @router.get("/search", response_model=SearchResponse, responses=_errors(404, 422, 503))
+    async def search(request: Request, q: SearchText, user: SearchUserId = None, k: K = 10,
+                     exclude: SearchExclude = None) -> Response:
+        """Catalogue items matching ``q`` by its words and its meaning; with ``user``, the matches are
+        ordered by that user's taste (``personalised``; real-time events included). Any text answers
+        200, possibly with no items; 404 when the served bundle has no search index."""
+        refuse_unknown_parameters(request.query_params, SEARCH_QUERY)
+        live = state.current()
+        if not live.model.has_search:  # refused here, not in the batch: the answer needs no model pass
+            raise NoSearchIndex(live.version)
+        lookup = None if user is None else live.ids.user(user)
+        since = () if user is None else live.overlay.events(user)
+        ask = live.model.search_ask(q, lookup, k, live.ids.items(split_ids(exclude)), since=since)
+        return await answer(SearchCall(live, q, user, ask))
 
     @router.post("/events", status_code=202, response_model=EventsAccepted, responses=_errors(413, 422, 503))
     def post_events(events: Events) -> Response:

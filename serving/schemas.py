@@ -95,6 +95,15 @@ class SimilarResponse(BaseModel):
     model_version: str
 
 
+class SearchResponse(BaseModel):
+    query: str = Field(description="the query as sent")
+    user: str | None = Field(description="the request's user; null when none was sent")
+    items: list[ItemScore] = Field(description="best match first; fewer than k (or none) when few items match")
+    model_version: str
+    personalised: bool = Field(description="the user's history re-ordered the matches (a user with history was "
+                                           "sent); false for anonymous queries and users the bundle knows nothing of")
+
+
 def _integral(value: Any) -> Any:
     """JSON Schema counts 574713.0 as an integer, so the event schema accepts it as 574713; strict
     int validation still refuses booleans, strings and fractional or non-finite numbers."""

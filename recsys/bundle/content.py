@@ -113,6 +113,11 @@ class BundleFiles:
     def catalog(self) -> Path:
         return self.root / "catalog.parquet"
 
+    @property
+    def search(self) -> Path:
+        """The search index (`recsys.search.engine.SearchFiles`), when the catalogue has text."""
+        return self.root / "search"
+
     def content_names(self) -> set[str]:
         """What `save_content` writes (and format 1 wrote): everything but the models and the index."""
         return {path.name for path in (

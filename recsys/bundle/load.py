@@ -26,6 +26,7 @@ from recsys.pipeline.feature_tables import FeatureTables
 from recsys.pipeline.onnx import OnnxRankerScorer, OnnxUserEncoder
 from recsys.pipeline.recommend import Pipeline
 from recsys.pipeline.served import ServingModel, cache_known_users
+from recsys.search.engine import load_search
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,11 @@ def load_serving_model(path: str | Path, verify: bool = True, threads: int = 1,
     manifest = load_manifest(bundle_dir, verify=verify)
     set_faiss_threads(threads)
     content = load_content(bundle_dir)
+    files = BundleFiles(bundle_dir)
+    open_search = (functools.partial(load_search, files.search, len(content.items))
+                   if files.search.is_dir() else None)
     model = ServingModel(bundle_dir, manifest, content, functools.partial(bundle_pipeline, bundle_dir, content),
-                         threads, precompute_users)
+                         threads, precompute_users, open_search)
     log.info("loaded bundle %s (%s) from %s", model.version, manifest.kind, bundle_dir)
     return model
 
@@ -104,3 +108,8 @@ def read_population(path: str | Path) -> Population:
 def read_titles(path: str | Path) -> pd.Series | None:
     """Catalogue titles indexed by item index, or None when the bundle has no catalogue."""
     return load_titles(BundleFiles(resolve_bundle(path)))
+
+
+def has_search(path: str | Path) -> bool:
+    """Whether the bundle (or a root's ``current`` one) has a search index, i.e. serves /search."""
+    return BundleFiles(resolve_bundle(path)).search.is_dir()

@@ -46,7 +46,7 @@ N_CANDIDATES = 200
 STAGES = ("user_tower", "ann", "features", "ranker", "total")
 
 
-class _Clock:
+class StageClock:
     """Adds each stage's wall time (seconds) into ``timings`` when one is given."""
 
     def __init__(self, timings: dict | None):
@@ -189,7 +189,7 @@ class Pipeline:
         if len(personal):
             ids[personal], scores[personal] = self._personal(
                 users[personal], part, k, part_banned, n_candidates,
-                slice_context(context, personal), _Clock(timings))
+                slice_context(context, personal), StageClock(timings))
         if fallback.any():
             ids[fallback], scores[fallback] = self._popular(k, csr_rows(banned, np.flatnonzero(fallback)))
         if timings is not None:
@@ -197,17 +197,21 @@ class Pipeline:
         return ids, scores, fallback
 
     def retrieve(self, users: np.ndarray, recent: np.ndarray, banned: sp.csr_matrix, n_candidates: int,
-                 clock: _Clock | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 clock: StageClock | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """User vectors [B, D] and the top ``n_candidates`` items not in ``banned`` with their scores."""
-        clock = clock or _Clock(None)
-        users1, history1 = history_inputs(users, recent, self.history_len, self.n_users)
-        user_vec = np.ascontiguousarray(self.encode_users(users1, history1), dtype=np.float32)
+        clock = clock or StageClock(None)
+        user_vec = self.user_vectors(users, recent)
         clock.lap("user_tower")
         cands, cand_scores = search_excluding(self.index, user_vec, n_candidates, banned, self._scan)
         clock.lap("ann")
         return user_vec, cands, cand_scores
 
-    def _personal(self, users, rows: History, k, banned, n_candidates, context, clock: _Clock):
+    def user_vectors(self, users: np.ndarray, recent: np.ndarray) -> np.ndarray:
+        """[B, D] the user tower's outputs for ``users`` over their recent-item rows."""
+        users1, history1 = history_inputs(users, recent, self.history_len, self.n_users)
+        return np.ascontiguousarray(self.encode_users(users1, history1), dtype=np.float32)
+
+    def _personal(self, users, rows: History, k, banned, n_candidates, context, clock: StageClock):
         user_vec, cands, cand_scores = self.retrieve(users, rows.recent, banned, max(n_candidates, k), clock)
         if not self.has_ranker:
             return cands[:, :k], cand_scores[:, :k]

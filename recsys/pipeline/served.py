@@ -26,6 +26,7 @@ from recsys.pipeline.ranker_features import LAST_TIMESTAMP, TIMESTAMP, UserSide,
 from recsys.pipeline.recommend import Pipeline, PipelineRecommender, append_items, items_csr, request_rows
 from recsys.pipeline.request import stack_rows, supplied_rows
 from recsys.pipeline.retrieve import drop_seen, history_inputs
+from recsys.search.engine import SearchEngine
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,31 @@ class Ask:
     k: int
     exclude: np.ndarray  # item indices never to return
     context: dict[str, float]  # request time, the user's last time, the dataset's context columns
+
+
+@dataclass(frozen=True)
+class SearchAsk:
+    """One /search request resolved against a bundle: what `ServingModel.search_many` batches."""
+
+    query: str
+    user: int  # row in the bundle's users, -1 unknown or none
+    rows: History | None  # the user's history row (None: no user sent)
+    k: int
+    exclude: np.ndarray  # item indices never to return
+
+    @property
+    def personal(self) -> bool:
+        """Re-ranked by the user's tower output: a user was sent and their history (stored plus
+        real-time) is not empty."""
+        rows = self.rows
+        return rows is not None and bool(rows.seen.nnz or (rows.recent >= 0).any())
+
+
+class NoSearchIndex(LookupError):
+    """The served bundle was built without a search index (its catalogue has no text)."""
+
+    def __init__(self, version: str):
+        super().__init__(f"bundle {version} has no search index: its catalogue has no text column to search")
 
 
 @dataclass
@@ -169,7 +195,8 @@ class ServingModel:
     package knows the bundle's files)."""
 
     def __init__(self, bundle_dir: Path, manifest: Manifest, content: BundleContent,
-                 open_pipeline: Callable[..., Pipeline], threads: int = 1, precompute_users: bool = True):
+                 open_pipeline: Callable[..., Pipeline], threads: int = 1, precompute_users: bool = True,
+                 open_search: Callable[..., SearchEngine] | None = None):
         self.bundle_dir = bundle_dir
         self.manifest = manifest
         self.content = content
@@ -178,6 +205,7 @@ class ServingModel:
         self.pipeline = open_pipeline(threads=threads, precompute_users=precompute_users)
         self.n_candidates = int(self.runtime.get("n_candidates", 200))
         self.titles = self._title_array(content)
+        self.search_engine = open_search(threads=threads) if open_search is not None else None
         self._rows = BoundedCache(USER_CACHE)  # key -1: the unknown user's empty rows
         self._recent_width = max(content.history.recent.shape[1], self.pipeline.history_len)
         self._loaded_at = time.monotonic()
@@ -249,11 +277,7 @@ class ServingModel:
         user = -1 if user_id is None else int(self.content.users.index_of(user_id))
         excluded = self.item_index(exclude)
         if history is None:
-            rows = self._rows.get(user, lambda: request_rows(self.pipeline.history, np.array([user], dtype=np.int64),
-                                                             self.pipeline.n_items, self.pipeline.history_len))
-            last = float(self.content.last_time[user]) if user >= 0 else -1.0
-            if since:
-                rows, last = self._with_recent(rows, last, since)
+            rows, last = self._stored_rows(user, since)
         else:
             items = self.item_index([item for item, _ in history])
             rows = supplied_rows(items[items >= 0], self.pipeline.n_items, self._recent_width)
@@ -270,6 +294,50 @@ class ServingModel:
         if at is not None:
             request[LAST_TIMESTAMP] = last
         return Ask(user, rows, k, excluded[excluded >= 0], request)
+
+    def _stored_rows(self, user: int, since: Sequence[tuple]) -> tuple[History, float]:
+        """The user's stored history row (cached) with the real-time ``since`` items appended, and
+        the time of their latest interaction (-1 unknown)."""
+        rows = self._rows.get(user, lambda: request_rows(self.pipeline.history, np.array([user], dtype=np.int64),
+                                                         self.pipeline.n_items, self.pipeline.history_len))
+        last = float(self.content.last_time[user]) if user >= 0 else -1.0
+        if since:
+            rows, last = self._with_recent(rows, last, since)
+        return rows, last
+
+    @property
+    def has_search(self) -> bool:
+        return self.search_engine is not None
+
+    def search_ask(self, query: str, user_id, k: int, exclude=(), since: Sequence[tuple] = ()) -> SearchAsk:
+        """One /search request resolved against the bundle; ``user_id`` (optional) orders the
+        results by that user's taste, their real-time ``since`` items included."""
+        user = -1 if user_id is None else int(self.content.users.index_of(user_id))
+        rows = self._stored_rows(user, since)[0] if user_id is not None else None
+        excluded = self.item_index(exclude)
+        return SearchAsk(query, user, rows, k, excluded[excluded >= 0])
+
+    def search_many(self, asks: Sequence[SearchAsk]) -> list[Recommendation]:
+        """Answer several queries with one encoder call and one FAISS search (`SearchEngine`);
+        asks with a user with history get their tower output computed in one batch too."""
+        if self.search_engine is None:
+            raise NoSearchIndex(self.version)
+        timings: dict[str, float] = {}
+        user_vectors = personal = None
+        with_user = [row for row, ask in enumerate(asks) if ask.personal]
+        if with_user:
+            rows = stack_rows([asks[row].rows for row in with_user])
+            users = np.array([asks[row].user for row in with_user], dtype=np.int64)
+            vectors = self.pipeline.user_vectors(users, rows.recent)
+            user_vectors = np.zeros((len(asks), vectors.shape[1]), np.float32)
+            user_vectors[with_user] = vectors
+            personal = np.zeros(len(asks), bool)
+            personal[with_user] = True
+        k = max(ask.k for ask in asks)
+        answers = self.search_engine.search_many([ask.query for ask in asks], k, [ask.exclude for ask in asks],
+                                          user_vectors, personal, self.pipeline.item_vectors, timings)
+        return [self._result(rows[:ask.k], scores[:ask.k], None, timings)
+                for ask, (rows, scores) in zip(asks, answers, strict=True)]
 
     def recommend_many(self, asks: Sequence[Ask]) -> list[Recommendation]:
         """Answer several requests with one pass of the pipeline (one user-tower call, one feature
@@ -341,3 +409,7 @@ class ServingModel:
         fallback = self.recommend("__smoke_test_unknown_user__", 5)
         if not fallback.items or fallback.fallback != "popular":
             raise RuntimeError(f"bundle {self.version} has no working popularity fallback")
+        if self.has_search:
+            title = next((str(t) for t in self.titles if t), "a") if self.titles is not None else "a"
+            if not self.search_many([self.search_ask(title, None, 5)])[0].items:
+                raise RuntimeError(f"bundle {self.version}'s search index found nothing for {title!r}")

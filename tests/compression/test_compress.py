@@ -16,7 +16,7 @@ from recsys.train.cli import main as train_main
 pytestmark = pytest.mark.slow  # full train + compression runs
 
 FAST = ["--student-dim", "8", "--tower-epochs", "2", "--ranker-epochs", "1", "--latency-requests", "20",
-        "--reports-dir", ""]
+        "--reports-dir", "", "--no-search"]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from loadtest.checks import events_problem, recommend_problem, similar_problem, unknown_item_problem
+from loadtest.checks import events_problem, recommend_problem, search_problem, similar_problem, unknown_item_problem
 from loadtest.traffic import LoadConfig, LoadTestConfigError, Population
 from recsys.data.idmap import IdMap
 
@@ -65,12 +65,55 @@ def test_similar_and_events_checks():
     assert "accepted=3" in events_problem(202, {"accepted": 2}, 3)
 
 
+def search_body(query="star wars", user=None, items=("a", "b"), personalised=False):
+    return {"query": query, "user": user, "items": body(items=items)["items"], "model_version": "v1",
+            "personalised": personalised}
+
+
+def test_good_search_bodies_pass():
+    assert search_problem(search_body(), query="star wars", user=None, k=2, known=False) is None
+    assert search_problem(search_body(user="7", personalised=True), query="star wars", user="7", k=5,
+                          known=True) is None
+    assert search_problem(search_body(items=()), query="star wars", user=None, k=2, known=False,
+                          content=False) is None  # shape checks accept an empty answer
+
+
+@pytest.mark.parametrize(("bad", "kwargs", "expected"), [
+    ([], {}, "not a JSON object"),
+    ({"query": "star wars"}, {}, "lacks"),
+    (search_body(query="star"), {}, "another query"),
+    (search_body(user="8"), {}, "another user"),
+    (search_body(personalised=True), {}, "personalised=True"),
+    (search_body(user="7"), {"user": "7", "known": True}, "known user answered personalised=False"),
+    (search_body(items=("a", "b", "c")), {}, "asked k=2, got 3 items"),
+    (search_body(items=()), {}, "no match"),
+    (search_body(items=("a", "d")), {"excluded": ("d",)}, "excluded"),
+])
+def test_bad_search_bodies_are_named(bad, kwargs, expected):
+    args = {"query": "star wars", "user": None, "k": 2, "known": False} | kwargs
+    assert expected in search_problem(bad, **args)
+
+
 def population() -> Population:
     # user 10 has 1 seen item, user 20 has 9, user 30 none (must never be drawn as "known").
     indptr = np.array([0, 1, 10, 10])
     indices = np.array([0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
     return Population("v", IdMap(np.array([10, 20, 30])), IdMap(np.arange(100, 110)), indptr, indices,
-                      np.arange(10, 0, -1).astype(np.float32))
+                      np.arange(10, 0, -1).astype(np.float32),
+                      titles=["Star Wars (1977)", "Toy Story", "—", "Heat"] + [f"Film {n}" for n in range(6)])
+
+
+def test_search_queries_are_one_or_two_lowercase_words_of_a_title():
+    people, rng = population(), random.Random(0)
+    queries = [people.search_query(rng) for _ in range(2000)]
+    assert people.has_search and {"star", "star wars", "wars 1977", "heat", "toy story", "film 3"} <= set(queries)
+    assert all(1 <= len(query.split()) <= 2 and query == query.lower() for query in queries)
+    assert "—" not in queries  # a title without words makes no query
+    again = random.Random(0)
+    assert [people.search_query(again) for _ in range(20)] == queries[:20]  # seeded: every run sends the same
+    no_titles = Population("v", IdMap(np.array([1])), IdMap(np.array([2])), np.array([0, 1]), np.array([0]),
+                           np.ones(1, np.float32))
+    assert not no_titles.has_search
 
 
 def test_heavy_users_are_drawn_more_often_and_unknown_ids_are_fresh():

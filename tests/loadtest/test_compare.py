@@ -6,14 +6,14 @@ import json
 
 import numpy as np
 
+from loadtest.compare import endpoint_latencies, run_row
 from loadtest.compare import main as compare_main
-from loadtest.compare import run_row
 from loadtest.harness import LocustStats, parse_stats_csv, pinned
 from loadtest.summary import markdown
 
 KINDS = ("teacher", "compressed", "ceiling", "teacher-unbatched", "compressed-unbatched")
 RUN_KEYS = {"bundle", "mode", "rps", "p50_ms", "p95_ms", "p99_ms", "max_ms", "requests", "failures", "server_cpu",
-            "server_rss_mb", "locust_cpu", "bundle_bytes"}
+            "server_rss_mb", "locust_cpu", "bundle_bytes", "endpoints"}
 
 
 def test_compare_writes_the_summary(tiny, tmp_path, monkeypatch):
@@ -41,13 +41,21 @@ def test_compare_writes_the_summary(tiny, tmp_path, monkeypatch):
             assert sum(run["batch_sizes"].values()) > 0
     light = [run for run in summary["runs"] if run["mode"] == "light"]
     assert all(run["batch_sizes"]["1"] == sum(run["batch_sizes"].values()) for run in light if "batch_sizes" in run)
+    for run in light:  # the tiny bundles have a search index: /search and /recommend in the same light run
+        routes = {"/recommend"} if run["bundle"] == "ceiling" else {"/recommend", "/search"}
+        assert set(run["endpoints"]) == routes, run["endpoints"]
+        assert all(0 < found["p50_ms"] <= found["p99_ms"] and found["requests"] > 0
+                   for found in run["endpoints"].values())
+        assert sum(found["requests"] for found in run["endpoints"].values()) == run["requests"]
+    assert all(set(run["endpoints"]) == {"/recommend"} for run in summary["runs"] if run["mode"] != "light")
     sizes = {run["bundle"]: run["bundle_bytes"] for run in summary["runs"]}
     assert sizes["compressed"] < sizes["teacher"] and sizes["ceiling"] == 0
     assert set(summary["ratios"]) == {"throughput", "p99_fixed", "of_ceiling", "cpu_per_request_of_ceiling",
-                                      "light_p50_batched_vs_unbatched", "batching_throughput_compressed",
-                                      "batching_throughput_teacher"}
+                                      "light_p50_batched_vs_unbatched", "light_p50_search_vs_recommend",
+                                      "batching_throughput_compressed", "batching_throughput_teacher"}
     assert all(value > 0 for value in summary["ratios"].values())
     assert "Batch sizes at max load" in (out / "summary.md").read_text()
+    assert "| bundle | /recommend | /search |" in (out / "summary.md").read_text()
     fixed = [run for run in summary["runs"] if run["mode"] == "fixed"]
     target = summary["settings"]["fixed_rps_target"]
     assert all(run["rps"] < 1.5 * target for run in fixed)  # constant_throughput paces users: not a closed loop
@@ -106,5 +114,35 @@ def test_rounds_pool_samples_and_take_medians():
     row = run_row("teacher", "max", [stats(100, [1, 2, 3], 50), stats(300, [4, 5], 90), stats(200, [100], 70)], 7)
     assert row["rps"] == 200 and row["server_cpu"] == 70 and row["server_rss_mb"] == 400
     assert row["requests"] == 6 and row["max_ms"] == 100 and row["p50_ms"] == 3.5 and row["bundle_bytes"] == 7
-    assert set(row) == RUN_KEYS
+    assert set(row) == RUN_KEYS and row["endpoints"] == {}  # no samples by name: no per-endpoint figures
+
+
+def test_endpoints_pool_rounds_by_route_without_shed_requests():
+    def stats(by_name):
+        return LocustStats(rps=1, p50_ms=0, p95_ms=0, p99_ms=0, max_ms=0, requests=0, failures=0, exit_code=0,
+                           samples_by_name={name: np.asarray(values, dtype=float) for name, values in by_name.items()})
+
+    rounds = [stats({"/recommend": [1, 2], "/recommend [unknown user]": [3], "/search": [10, 20]}),
+              stats({"/search [known user]": [30], "/recommend": [4], "/recommend [503]": [0.1] * 9})]
+    found = endpoint_latencies(rounds)
+    assert set(found) == {"/recommend", "/search"}
+    assert found["/recommend"]["requests"] == 4 and found["/recommend"]["p50_ms"] == 2.5
+    assert found["/search"]["requests"] == 3 and found["/search"]["p50_ms"] == 20
+
+
+def test_markdown_reads_light_p50_by_endpoint():
+    def light(bundle, endpoints):
+        return {"bundle": bundle, "mode": "light", "rps": 500.0, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0,
+                "max_ms": 9.0, "requests": 1000, "failures": 0, "server_cpu": 80.0, "server_rss_mb": 90.0,
+                "locust_cpu": 30.0, "bundle_bytes": 0, "endpoints": endpoints}
+
+    runs = [light("compressed", {"/recommend": {"p50_ms": 0.8, "p99_ms": 2.0, "requests": 500},
+                                 "/search": {"p50_ms": 1.6, "p99_ms": 3.0, "requests": 500}}),
+            light("ceiling", {"/recommend": {"p50_ms": 0.3, "p99_ms": 1.0, "requests": 1000}})]
+    text = markdown({"dataset": "d", "runs": runs, "settings": {},
+                     "ratios": {"throughput": None, "p99_fixed": None, "of_ceiling": None,
+                                "light_p50_search_vs_recommend": 2.0}})
+    assert "| bundle | /recommend | /search |" in text
+    assert "| compressed | 0.80 (500) | 1.60 (500) |" in text and "| ceiling | 0.30 (1,000) | – |" in text
+    assert "(/search / /recommend, same run) | 2.00 |" in text
 

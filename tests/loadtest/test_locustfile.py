@@ -47,7 +47,8 @@ def test_full_mix_runs_clean_against_the_real_server(tiny, server, tmp_path):
     rows = rows_by_name(tmp_path / "run")
     total = rows["Aggregated"]
     assert int(total["Request Count"]) > 50 and int(total["Failure Count"]) == 0
-    assert {"/recommend", "/recommend [unknown user]", "/similar [popular]", "/similar [long tail]"} <= rows.keys()
+    assert {"/recommend", "/recommend [unknown user]", "/similar [popular]", "/similar [long tail]", "/search",
+            "/search [known user]"} <= rows.keys()  # the tiny bundles have a search index
     posts = int(rows["/events"]["Request Count"])
     with EventStore(events_db) as store:
         assert posts <= store.count() - before <= 3 * posts  # 1-3 events per POST, all durable

@@ -24,7 +24,8 @@ FAST_COMPRESS = "--student-dim 8 --tower-epochs 2 --ranker-epochs 1 --latency-re
 def retrain_command(tiny, bundles, events_db, *extra: str, token: str | None = None) -> tuple[list[str], dict]:
     command = [sys.executable, "-m", "ops.retrain", "--dataset", str(tiny.interactions), "--items", str(tiny.items),
                "--data-dir", str(tiny.root), "--events-db", str(events_db), "--bundles", str(bundles),
-               f"--train-args={' '.join(TRAIN_FAST)}", f"--compress-args={FAST_COMPRESS}", *extra]
+               f"--train-args={' '.join(TRAIN_FAST)}",
+               f"--compress-args={FAST_COMPRESS} --search-teacher {tiny.text_teacher}", *extra]
     env = {key: value for key, value in os.environ.items() if key != "RECSYS_ADMIN_TOKEN"}
     if token:
         env["RECSYS_ADMIN_TOKEN"] = token

@@ -1,4 +1,5 @@
-"""Two real tiny bundles (checkerboard data, towers trained with different seeds) and app/server helpers."""
+"""Two real tiny bundles (checkerboard data, towers trained with different seeds), one more with a
+search index, and app/server helpers."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from recsys.data.datasets import Dataset
 from recsys.split import Split, temporal_split
 from serving.app import create_app
 from serving.settings import Settings
-from tests.fixtures.bundles import publish_tiny_bundle
+from tests.fixtures.bundles import publish_tiny_bundle, tiny_search_dir
 from tests.fixtures.data import checkerboard_dataset
 from tests.fixtures.servers import ADMIN_TOKEN
 
@@ -46,6 +47,24 @@ def bundles(tmp_path_factory) -> Bundles:
     v2 = publish_tiny_bundle(root, dataset, split, seed=1, make_current=False)
     assert current_version(root) == v1
     return Bundles(root, v1, v2, dataset, split)
+
+
+@dataclass(frozen=True)
+class SearchBundle:
+    root: Path  # `current` -> version, a bundle with search/
+    version: str
+    dataset: Dataset
+
+
+@pytest.fixture(scope="session")
+def search_bundle(tmp_path_factory) -> SearchBundle:
+    """The checkerboard bundle (seed 0) with a search index over its titles ("item 3. a")."""
+    dataset = checkerboard_dataset()
+    split = temporal_split(dataset)
+    search = tiny_search_dir(dataset, split, tmp_path_factory.mktemp("search-build"))
+    root = tmp_path_factory.mktemp("search-bundles")
+    version = publish_tiny_bundle(root, dataset, split, seed=0, make_current=True, search=search)
+    return SearchBundle(root, version, dataset)
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from tests.fixtures.servers import ADMIN_TOKEN, admin_headers
 pytestmark = pytest.mark.slow
 
 MAX_EXAMPLES = 30
-WITH_INPUT = [("GET", "/recommend"), ("POST", "/recommend"), ("GET", "/similar"), ("POST", "/events"),
-              ("POST", "/admin/reload")]
+WITH_INPUT = [("GET", "/recommend"), ("POST", "/recommend"), ("GET", "/similar"), ("GET", "/search"),
+              ("POST", "/events"), ("POST", "/admin/reload")]
 WITHOUT_INPUT = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/version"), ("GET", "/metrics")]
 # Operations without parameters or body have no invalid requests to generate.
 CASES = [(*op, GenerationMode.POSITIVE) for op in WITH_INPUT + WITHOUT_INPUT] + [
@@ -30,8 +30,9 @@ CASES = [(*op, GenerationMode.POSITIVE) for op in WITH_INPUT + WITHOUT_INPUT] + 
 
 
 @pytest.fixture(scope="module")
-def api_schema(bundles, tmp_path_factory):
-    settings = Settings(bundle=bundles.root, events_db=tmp_path_factory.mktemp("fuzz") / "events.sqlite",
+def api_schema(search_bundle, tmp_path_factory):
+    # The bundle with a search index, so /search is fuzzed past its 404.
+    settings = Settings(bundle=search_bundle.root, events_db=tmp_path_factory.mktemp("fuzz") / "events.sqlite",
                         admin_token=ADMIN_TOKEN)
     # Schemathesis starts the app's lifespan itself (once per app), so the model is loaded.
     return schemathesis.openapi.from_asgi("/openapi.json", create_app(settings))

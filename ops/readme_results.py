@@ -116,7 +116,7 @@ def search_report_section(reports: Path) -> list[str]:
         if path.with_name("search.png").exists():
             lines += [f"![search variants]({path.with_name('search.png').as_posix()})", ""]
     for path in sorted((reports / "search").glob("*/bench.json")):
-        lines += ["##" + bench_markdown(json.loads(path.read_text()))]  # its "# " heading one level down
+        lines += ["##" + bench_markdown(json.loads(path.read_text())), ""]  # its "# " heading one level down
     return lines
 
 

@@ -14,7 +14,7 @@ TRAIN_ARGS ?=
 COMPRESS_ARGS ?=
 
 .PHONY: setup test test-fast test-slow lint evaluate train bundles serve bench bench-train clean search-report \
-	bench-search
+	search-personal bench-search
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -82,6 +82,11 @@ bench-train: setup
 search-report: setup
 	$(BIN)/python -m compression.search --dataset ml-100k --data-dir $(DATA_DIR) \
 		--queries reports/search/ml-100k/queries.jsonl --out reports/search/ml-100k
+
+# /search with and without the user, paired over ml-100k's users (their next item as the label).
+search-personal: bundles
+	$(BIN)/python -m benchmarks.search_personal --bundle $(BUNDLES)/holdout/compressed --dataset $(DATASET) \
+		--data-dir $(DATA_DIR) --out reports/search/$(DATASET)/personal
 
 bench-search: bundles
 	$(BIN)/python -m benchmarks.bench_search --dataset synthetic-1m --data-dir $(DATA_DIR) \

@@ -115,6 +115,8 @@ def search_report_section(reports: Path) -> list[str]:
                       *section["examples"], ""]
         if path.with_name("search.png").exists():
             lines += [f"![search variants]({path.with_name('search.png').as_posix()})", ""]
+        if path.with_name("personal.md").exists():  # its "# " heading one level down
+            lines += ["##" + path.with_name("personal.md").read_text(), ""]
     for path in sorted((reports / "search").glob("*/bench.json")):
         lines += ["##" + bench_markdown(json.loads(path.read_text())), ""]  # its "# " heading one level down
     return lines

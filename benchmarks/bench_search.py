@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compression.search import build_search_dir, catalogue_texts, dir_bytes
+from compression.search import build_search_dir, catalogue_texts, dir_bytes, single_call_ms
 from recsys.data.datasets import DEFAULT_DATA_DIR, load_dataset
 from recsys.search.encoder import read_config
 from recsys.search.engine import SearchConfig, SearchEngine, load_search
@@ -44,13 +44,7 @@ def sample_queries(texts: list[str], n: int, seed: int) -> list[str]:
 
 
 def time_queries(engine: SearchEngine, queries: list[str], warmup: int = 20) -> dict[str, float]:
-    for query in queries[:warmup]:
-        engine.search_many([query], 10)
-    times = []
-    for query in queries:
-        start = time.perf_counter()
-        engine.search_many([query], 10)
-        times.append((time.perf_counter() - start) * 1e3)
+    times = single_call_ms(lambda query: engine.search_many([query], 10), queries, warmup)
     return {"p50_ms": float(np.median(times)), "p99_ms": float(np.percentile(times, 99)), "queries": len(times)}
 
 

@@ -127,26 +127,27 @@ def run_queries(engine: SearchEngine, item_map: IdMap, queries: list[Query], k: 
     return out
 
 
-def encode_latency(engine: SearchEngine, queries: list[Query], n: int) -> dict[str, float]:
-    """Query encoding alone, one query per call (a shopper's request), after a warm-up."""
-    texts = [query.text for query in queries[:n]] or ["x"]
-    for text in texts[:20]:
-        engine.encoder([text])
+def single_call_ms(call, texts: list[str], warmup: int = 0) -> np.ndarray:
+    """Milliseconds of ``call(text)`` per text, one text per call (a shopper's request), after
+    ``warmup`` unrecorded calls."""
+    for text in texts[:warmup]:
+        call(text)
     times = []
     for text in texts:
         start = time.perf_counter()
-        engine.encoder([text])
+        call(text)
         times.append((time.perf_counter() - start) * 1e3)
+    return np.array(times)
+
+
+def encode_latency(engine: SearchEngine, queries: list[Query], n: int) -> dict[str, float]:
+    """Query encoding alone."""
+    times = single_call_ms(lambda text: engine.encoder([text]), [q.text for q in queries[:n]] or ["x"], warmup=20)
     return {"encode_p50_ms": float(np.median(times)), "encode_p99_ms": float(np.percentile(times, 99))}
 
 
 def search_latency(engine: SearchEngine, queries: list[Query], n: int) -> dict[str, float]:
-    texts = [query.text for query in queries[:n]] or ["x"]
-    times = []
-    for text in texts:
-        start = time.perf_counter()
-        engine.search_many([text], 10)
-        times.append((time.perf_counter() - start) * 1e3)
+    times = single_call_ms(lambda text: engine.search_many([text], 10), [q.text for q in queries[:n]] or ["x"])
     return {"search_p50_ms": float(np.median(times))}
 
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from compression.export import export_onnx, validate_onnx
 from compression.quantize import int8_embedding_table, quantize_dynamic_int8
-from recsys.search.encoder import MAX_TOKENS, EncoderFiles, load_tokenizer
+from recsys.search.encoder import MAX_TOKENS, EncoderFiles, load_tokenizer, padded_ids
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Teacher:
         with torch.no_grad():
             for start in range(0, len(texts), batch):
                 encoded = tokenizer.encode_batch(texts[start:start + batch], add_special_tokens=add_special_tokens)
-                ids, mask = _padded([e.ids for e in encoded], self.pad_id)
+                ids, mask = padded_ids([e.ids for e in encoded], self.pad_id)
                 out.append(self.module(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
         return np.vstack(out) if out else np.zeros((0, self.dim), np.float32)
 
@@ -95,16 +95,6 @@ def load_teacher(model_dir: Path | None = None) -> Teacher:
                    int(config.get("pad_token_id", 0) or 0))
 
 
-def _padded(encoded: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    width = max(1, max((len(ids) for ids in encoded), default=1))
-    ids = np.full((len(encoded), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(encoded), width), dtype=np.int64)
-    for row, row_ids in enumerate(encoded):
-        ids[row, :len(row_ids)] = row_ids
-        mask[row, :len(row_ids)] = 1
-    return ids, mask
-
-
 def _write_encoder_dir(out: Path, tokenizer_path: Path, config: dict) -> EncoderFiles:
     files = EncoderFiles(Path(out))
     files.root.mkdir(parents=True, exist_ok=True)
@@ -121,7 +111,7 @@ def export_teacher(teacher: Teacher, out: Path, check_texts: list[str]) -> dict:
                "attention_mask": torch.ones(2, 7, dtype=torch.long)}
     export_onnx(teacher.module, example, ["embedding"], files.model, opset=OPSET, extra_dynamic_axes=TOKEN_AXES)
     tokenizer = load_tokenizer(teacher.tokenizer_path, MAX_TOKENS)
-    ids, mask = _padded([e.ids for e in tokenizer.encode_batch(check_texts[:3] or ["x"])], teacher.pad_id)
+    ids, mask = padded_ids([e.ids for e in tokenizer.encode_batch(check_texts[:3] or ["x"])], teacher.pad_id)
     diff = validate_onnx(teacher.module, files.model, {"input_ids": ids, "attention_mask": mask}, atol=ONNX_ATOL)
     return {"onnx_max_abs_diff": diff}
 

@@ -68,6 +68,17 @@ def load_tokenizer(path: Path, max_tokens: int) -> Tokenizer:
     return tokenizer
 
 
+def padded_ids(encoded: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids right-padded to the longest row, and the attention mask (1 = a real token)."""
+    width = max(1, max((len(ids) for ids in encoded), default=1))
+    ids = np.full((len(encoded), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(encoded), width), dtype=np.int64)
+    for row, row_ids in enumerate(encoded):
+        ids[row, :len(row_ids)] = row_ids
+        mask[row, :len(row_ids)] = 1
+    return ids, mask
+
+
 def _unit(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
@@ -96,12 +107,7 @@ class OnnxTextEncoder:
         return self._run(encoded)
 
     def _run(self, encoded: list[list[int]]) -> np.ndarray:
-        width = max(len(ids) for ids in encoded)
-        input_ids = np.full((len(encoded), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(encoded), width), dtype=np.int64)
-        for row, ids in enumerate(encoded):
-            input_ids[row, :len(ids)] = ids
-            mask[row, :len(ids)] = 1
+        input_ids, mask = padded_ids(encoded, self.pad_id)
         return self.model.session.run([self.model.output], {"input_ids": input_ids, "attention_mask": mask})[0]
 
 

@@ -14,7 +14,7 @@ TRAIN_ARGS ?=
 COMPRESS_ARGS ?=
 
 .PHONY: setup test test-fast test-slow lint evaluate train bundles serve bench bench-train clean search-report \
-	search-personal bench-search
+	search-personal bench-search browser page-walk
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -91,6 +91,20 @@ search-personal: bundles
 bench-search: bundles
 	$(BIN)/python -m benchmarks.bench_search --dataset synthetic-1m --data-dir $(DATA_DIR) \
 		--encoder $(BUNDLES)/compressed/current/search/encoder --out reports/search/synthetic-1m
+
+# Debian's Chromium and its ChromeDriver, for the browser test (tests/serving/test_browser.py; .ci/run
+# calls this) and `make page-walk`. Without them the browser test skips, except under CI=true.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
+# The page at / in Chromium (network off) on the served bundle: pick a user, search, similar items, a click;
+# screenshots and what the page showed in reports/web/$(DATASET) (the click goes to a throw-away event store).
+WALK_USER ?= 196
+WALK_QUERY ?= star wars
+page-walk: bundles browser
+	$(BIN)/python -m ops.browser --bundle $(BUNDLES)/compressed --user $(WALK_USER) --query "$(WALK_QUERY)" \
+		--out reports/web/$(DATASET)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

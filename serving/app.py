@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from fastapi_offline import FastAPIOffline
 
 from recsys.data.events import EventStore
 from recsys.index import set_faiss_threads
@@ -24,8 +25,13 @@ from serving.overlay import OverlayFeeder
 from serving.routes import MODEL_ROUTES, Services, build_router
 from serving.settings import Settings, fastapi_telemetry
 from serving.state import CurrentWatcher, ModelState
+from serving.web import build_web_router
 
 log = logging.getLogger(__name__)
+
+# The API docs pages. FastAPIOffline serves Swagger UI's and ReDoc's files from its own package
+# (FastAPI's default pages load them from a CDN, so /docs was blank on a machine offline).
+DOCS_URL, REDOC_URL = "/docs", "/redoc"
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -68,14 +74,16 @@ def create_app(settings: Settings) -> FastAPI:
             store.close()
             services.batcher.close()
 
-    app = FastAPI(title="recsys-compressed", summary="Recommendations from a compressed model bundle",
-                  telemetry=fastapi_telemetry(settings.opentelemetry),
-                  lifespan=lifespan)
+    app = FastAPIOffline(DOCS_URL, REDOC_URL, title="recsys-compressed",
+                         summary="Recommendations from a compressed model bundle",
+                         telemetry=fastapi_telemetry(settings.opentelemetry), lifespan=lifespan)
     app.state.services = services
     install_error_handlers(app)
     router = build_router(services)
     app.include_router(router)
-    endpoints = [route.path for route in router.routes] + [app.openapi_url, app.docs_url, app.redoc_url]
+    web = build_web_router()
+    app.include_router(web)
+    endpoints = [route.path for route in [*router.routes, *web.routes]] + [app.openapi_url, DOCS_URL, REDOC_URL]
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ShedWhenFull, batcher=services.batcher, paths=MODEL_ROUTES)  # inside metrics: shed counted
     app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=[path for path in endpoints if path])

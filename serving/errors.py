@@ -67,6 +67,12 @@ class NotInBundle(ServingError):
     status, code = 409, "not_in_bundle"
 
 
+class NoReport(ServingError):
+    """A report GET /reports serves is missing or unreadable: the detail says which command writes it."""
+
+    status, code = 404, "no_report"
+
+
 class BundleRefused(ServingError):
     status, code = 409, "bundle_refused"
 

@@ -102,7 +102,8 @@ class ServingMetrics:
 class MetricsMiddleware:
     """Counts and times every HTTP request (plain ASGI: BaseHTTPMiddleware costs far more per request).
 
-    Paths that are not routes are counted as ``unmatched`` so random URLs cannot grow the label set.
+    Requests are labelled by route (its path template) and paths that are not routes are counted
+    as ``unmatched``, so random URLs cannot grow the label set.
     """
 
     def __init__(self, app: ASGIApp, metrics: ServingMetrics, endpoints: Collection[str]):
@@ -126,6 +127,13 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record_status)
         finally:
-            path = scope["path"]
-            endpoint = path if path in self.endpoints else UNMATCHED
-            self.metrics.observe_request(endpoint, status, time.perf_counter() - started)
+            self.metrics.observe_request(self._endpoint(scope), status, time.perf_counter() - started)
+
+    def _endpoint(self, scope: Scope) -> str:
+        """The path, or for a path with parameters (/reports/card.json) the route it matched (its
+        template, /reports/{name}: the router records it in the scope)."""
+        path = scope["path"]
+        if path in self.endpoints:
+            return path
+        template = getattr(scope.get("route"), "path", None)
+        return template if template in self.endpoints else UNMATCHED

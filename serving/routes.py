@@ -23,27 +23,34 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from recsys.data.events import Event, EventStore
 from recsys.pipeline.request import RequestError, request_time
-from recsys.pipeline.served import NoSearchIndex, UnknownItemError
+from recsys.pipeline.served import NoSearchIndex, Recommendation, UnknownItemError
 from recsys.search.text import MAX_QUERY_CHARS
 from serving.batcher import Batcher
 from serving.errors import AdminDisabled, InvalidRequest, NotInBundle, NotReady, Unauthorized
 from serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from serving.model_calls import ModelCall, RecommendCall, SearchCall, SimilarCall
 from serving.overlay import OverlayFeeder
+from serving.reports import PNG, ReportName, read_report
 from serving.schemas import (
     ID_PATTERN,
+    PREFIX_PATTERN,
     TIME_DESCRIPTION,
     TIME_PATTERN,
     ErrorResponse,
     EventIn,
     EventsAccepted,
+    ExplainResponse,
     HealthResponse,
+    ItemExplanation,
+    ItemScore,
     ReadyResponse,
     RecommendResponse,
     ReloadRequest,
     ReloadResponse,
     SearchResponse,
     SimilarResponse,
+    UserEntry,
+    UsersResponse,
     VersionResponse,
     event_in_model,
     events_body,
@@ -84,6 +91,11 @@ MAX_QUERY_EXCLUDE_CHARS = 4096
 
 RECOMMEND_QUERY = frozenset({"user", "k", "exclude", "at"})
 SEARCH_QUERY = ("q", "user", "k", "exclude")
+EXPLAIN_QUERY = ("user", "items", "n")
+USERS_QUERY = ("prefix", "limit")
+MAX_EXPLAIN_ITEMS = 100  # a page's worth of recommendations
+MAX_EXPLAIN_REASONS = 20
+MAX_USERS_LIMIT = 200
 
 
 def query_context(params: Mapping[str, str], columns: tuple[str, ...]) -> dict[str, float]:
@@ -134,6 +146,22 @@ def split_ids(raw: str | None) -> list[str]:
     """``"a,b,,c"`` -> ``["a", "b", "c"]``. The query's length (`MAX_QUERY_EXCLUDE_CHARS`) is the
     only limit: an id longer than any id the bundle knows is simply never matched."""
     return [part for part in raw.split(",") if part] if raw else []
+
+
+def explained_ids(raw: str) -> list[str]:
+    """/explain's ``items``: each id once, in the order sent, 1 to `MAX_EXPLAIN_ITEMS` of them."""
+    ids = list(dict.fromkeys(split_ids(raw)))
+    if not ids:
+        raise InvalidRequest("query.items: no item id; send comma-separated item ids, e.g. items=a,b")
+    if len(ids) > MAX_EXPLAIN_ITEMS:
+        raise InvalidRequest(f"query.items: {len(ids)} distinct ids; at most {MAX_EXPLAIN_ITEMS} per request")
+    return ids
+
+
+def item_scores(rec: Recommendation) -> list[ItemScore]:
+    titles = rec.titles if rec.titles is not None else [None] * len(rec.items)
+    return [ItemScore(item_id=str(item), score=score, title=title)
+            for item, score, title in zip(rec.items, rec.scores, titles, strict=True)]
 
 
 def build_router(services: Services) -> APIRouter:
@@ -232,6 +260,58 @@ def build_router(services: Services) -> APIRouter:
         since = () if user is None else live.overlay.events(user)
         ask = live.model.search_ask(q, lookup, k, live.ids.items(split_ids(exclude)), since=since)
         return await answer(SearchCall(live, q, user, ask))
+
+    ExplainItems = Annotated[str, Query(
+        min_length=1, max_length=min(MAX_EXPLAIN_ITEMS * (settings.max_id_length + 1), MAX_QUERY_EXCLUDE_CHARS),
+        pattern=ID_PATTERN, description=f"comma-separated item ids to explain (at most {MAX_EXPLAIN_ITEMS})")]
+    Reasons = Annotated[int, Query(ge=1, le=MAX_EXPLAIN_REASONS, description="history items per explained item")]
+
+    @router.get("/explain", response_model=ExplainResponse, responses=_errors(422, 503))
+    async def explain(request: Request, user: UserId, items: ExplainItems, n: Reasons = 3) -> Response:
+        """Why items may suit ``user``: for each, the items of the user's history (stored plus
+        real-time events, the newest 1000) closest to it in the model's item space, best first.
+        An item the bundle does not know, or a user without history, gets an empty ``because``."""
+        refuse_unknown_parameters(request.query_params, EXPLAIN_QUERY)
+        asked = explained_ids(items)
+        live = state.current()
+        # Inline, not through the batcher: no model pass, a few small matrix products (the
+        # history is capped so that a huge one cannot hold the event loop).
+        answers = live.model.explain(live.ids.user(user), [live.ids.item(item) for item in asked], n,
+                                     since=live.overlay.events(user))
+        body = ExplainResponse(user=user, model_version=live.version, items=[
+            ItemExplanation(item_id=item, because=item_scores(answer.because))
+            for item, answer in zip(asked, answers, strict=True)])
+        return json_response(body.model_dump_json().encode())
+
+    Prefix = Annotated[str, Query(max_length=settings.max_id_length, pattern=PREFIX_PATTERN,
+                                  description="only users whose id starts with this (empty: every user)")]
+    Limit = Annotated[int, Query(ge=1, le=MAX_USERS_LIMIT, description="most users to return")]
+
+    # Plain def (thread pool): the first call per bundle sorts every user id as text.
+    @router.get("/users", response_model=UsersResponse, responses=_errors(422, 503))
+    def users(request: Request, prefix: Prefix = "", limit: Limit = 20) -> Response:
+        """The served bundle's users whose id starts with ``prefix``, in the bundle's order, with the
+        length of their stored history; ``total`` counts every match."""
+        refuse_unknown_parameters(request.query_params, USERS_QUERY)
+        directory = state.current().model.user_directory
+        rows, total = directory.matching(prefix, limit)
+        counts = directory.history_lengths[rows].tolist()
+        body = UsersResponse(total=total, users=[UserEntry(user_id=user, history=count)
+                                                 for user, count in zip(directory.ids(rows), counts, strict=True)])
+        return json_response(body.model_dump_json().encode())
+
+    png = {"content": {PNG: {"schema": {"type": "string", "format": "binary"}}},
+           "description": "the report: JSON for *.json, a PNG image for *.png"}
+
+    # Plain def (thread pool): reads a file.
+    @router.get("/reports/{name}", response_model=dict[str, Any], responses={200: png, **_errors(404, 422)})
+    def report(name: ReportName) -> Response:
+        """A report about the served models: ``card.json`` / ``card.png`` (compression's report card:
+        quality, size and speed of the teacher and compressed bundles), ``search.png`` (its search
+        section), ``loadtest.json`` / ``loadtest.png`` (the load test's summary). JSON is strict (NaN
+        becomes null); 404 names the command that writes a missing report."""
+        body, media_type = read_report(name, settings)
+        return Response(body, media_type=media_type)
 
     @router.post("/events", status_code=202, response_model=EventsAccepted, responses=_errors(413, 422, 503))
     def post_events(events: Events) -> Response:

@@ -21,6 +21,7 @@ from pydantic import (
 _NOT_CONTROL = r"[^\x00-\x1f\x7f-\x9f]"  # C0 and C1 controls, DEL
 _VISIBLE = r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
 ID_PATTERN = rf"^{_NOT_CONTROL}*{_VISIBLE}{_NOT_CONTROL}*$"
+PREFIX_PATTERN = rf"^(?:{_NOT_CONTROL}*{_VISIBLE}{_NOT_CONTROL}*)?$"  # an id's start: ID_PATTERN, or empty
 DEFAULT_MAX_ID_LENGTH = 256
 MAX_EVENT_TYPE_LENGTH = 64
 # 2100-01-01: a larger value is almost always milliseconds sent where seconds are expected.
@@ -102,6 +103,29 @@ class SearchResponse(BaseModel):
     model_version: str
     personalised: bool = Field(description="the user's history re-ordered the matches (a user with history was "
                                            "sent); false for anonymous queries and users the bundle knows nothing of")
+
+
+class ItemExplanation(BaseModel):
+    item_id: str = Field(description="an item asked about")
+    because: list[ItemScore] = Field(description="the user's history items closest to it in the item space, "
+                                     "best first (score: cosine similarity); empty for an item the bundle does "
+                                     "not know or a user without history")
+
+
+class ExplainResponse(BaseModel):
+    user: str
+    model_version: str
+    items: list[ItemExplanation] = Field(description="in the order asked, each item once")
+
+
+class UserEntry(BaseModel):
+    user_id: str
+    history: int = Field(description="how many items the bundle's stored history of the user holds")
+
+
+class UsersResponse(BaseModel):
+    users: list[UserEntry] = Field(description="in the bundle's order, at most `limit`")
+    total: int = Field(description="how many of the bundle's users match the prefix")
 
 
 def _integral(value: Any) -> Any:

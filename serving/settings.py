@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     overlay_max_users: int = Field(100_000, ge=1, description="users kept in the real-time history (least "
                                    "recently active dropped first)")
     overlay_max_events: int = Field(50, ge=1, description="events kept per user in the real-time history")
+    card_dir: Path | None = Field(None, description="where GET /reports finds card.json, card.png and search.png "
+                                  "(`python -m compression --out OUT` writes them in OUT, beside the bundles "
+                                  "roots OUT/teacher and OUT/compressed); unset: the parent of the configured "
+                                  "bundles root (see `serving.reports.card_directory`)")
+    loadtest_dir: Path = Field(Path("reports/loadtest"), description="where GET /reports finds the load test's "
+                               "summary.json and summary.png (`python -m loadtest.compare --out DIR`)")
 
 
 def settings_to_env(settings: Settings) -> dict[str, str]:

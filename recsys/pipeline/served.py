@@ -21,6 +21,7 @@ from recsys.bundle.content import BundleContent
 from recsys.bundle.manifest import Manifest
 from recsys.data.history import History, csr_rows
 from recsys.index import search
+from recsys.pipeline.browse import UserDirectory, closest_in_history, history_newest_first
 from recsys.pipeline.onnx import OnnxUserEncoder
 from recsys.pipeline.ranker_features import LAST_TIMESTAMP, TIMESTAMP, UserSide, stack_user_sides, user_side
 from recsys.pipeline.recommend import Pipeline, PipelineRecommender, append_items, items_csr, request_rows
@@ -81,6 +82,15 @@ class Recommendation:
     titles: list[str | None] | None
     fallback: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why ``item_id`` may suit a user: their history items closest to it, best first (empty when
+    the bundle does not know the item or the user has no history)."""
+
+    item_id: object  # as asked
+    because: Recommendation
 
 
 class CachedUserEncoder:
@@ -207,6 +217,7 @@ class ServingModel:
         self.titles = self._title_array(content)
         self.search_engine = open_search(threads=threads) if open_search is not None else None
         self._rows = BoundedCache(USER_CACHE)  # key -1: the unknown user's empty rows
+        self.user_directory = UserDirectory(content.users, content.history.seen)
         self._recent_width = max(content.history.recent.shape[1], self.pipeline.history_len)
         self._loaded_at = time.monotonic()
 
@@ -373,6 +384,19 @@ class ServingModel:
         if missing > 0:  # rows narrower than the widest reader: left-pad, keeping what they hold
             rows = History(rows.seen, np.pad(rows.recent, ((0, 0), (missing, 0)), constant_values=-1))
         return append_items(rows, [added]), max([last, *(float(stamp) for _, stamp in since)])
+
+    def explain(self, user_id, item_ids: Sequence, n: int, since: Sequence[tuple] = ()) -> list[Explanation]:
+        """For each of ``item_ids``, the ``n`` items of the user's history (stored plus the real-time
+        ``since``, as `ask` reads it; the newest `MAX_EXPLAIN_HISTORY`) closest to it in the item
+        space: the tower's cosine similarity, not the ranker's reasons. ``None`` is an unknown item."""
+        user = -1 if user_id is None else int(self.content.users.index_of(user_id))
+        history = history_newest_first(self._stored_rows(user, since)[0])
+        items = np.full(len(item_ids), -1, dtype=np.int64)
+        named = [row for row, item in enumerate(item_ids) if item is not None]
+        items[named] = self.item_index([item_ids[row] for row in named])
+        nearest = closest_in_history(self.pipeline.item_vectors, items, history, n)
+        return [Explanation(item, self._result(ids, scores, None, {}))
+                for item, (ids, scores) in zip(item_ids, nearest, strict=True)]
 
     def similar(self, item_id, k: int) -> Recommendation:
         item = int(self.item_index([item_id])[0])

@@ -22,8 +22,9 @@ pytestmark = pytest.mark.slow
 
 MAX_EXAMPLES = 30
 WITH_INPUT = [("GET", "/recommend"), ("POST", "/recommend"), ("GET", "/similar"), ("GET", "/search"),
-              ("POST", "/events"), ("POST", "/admin/reload")]
-WITHOUT_INPUT = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/version"), ("GET", "/metrics")]
+              ("POST", "/events"), ("POST", "/admin/reload"), ("GET", "/explain"), ("GET", "/users"),
+              ("GET", "/reports/{name}"), ("GET", "/ui/{asset}")]
+WITHOUT_INPUT = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/version"), ("GET", "/metrics"), ("GET", "/")]
 # Operations without parameters or body have no invalid requests to generate.
 CASES = [(*op, GenerationMode.POSITIVE) for op in WITH_INPUT + WITHOUT_INPUT] + [
     (*op, GenerationMode.NEGATIVE) for op in WITH_INPUT]

@@ -7,6 +7,8 @@ import math
 import statistics
 from pathlib import Path
 
+from recsys.strict_json import without_nan
+
 LOCUST_BOUND_CPU = 90.0  # Locust above this share of its core measures itself, not the server
 
 
@@ -180,18 +182,8 @@ def plot(summary: dict, path: Path) -> None:
 def write_summary(summary: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "summary.json", out / "summary.md", out / "summary.png"]
-    paths[0].write_text(json.dumps(_without_nan(summary), indent=2, allow_nan=False) + "\n")
+    paths[0].write_text(json.dumps(without_nan(summary), indent=2, allow_nan=False) + "\n")
     paths[1].write_text(markdown(summary))
     plot(summary, paths[2])
     return paths
 
-
-def _without_nan(value: object) -> object:
-    """NaN (a run with no samples) becomes null: JSON has no NaN."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _without_nan(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_without_nan(item) for item in value]
-    return value

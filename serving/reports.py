@@ -8,13 +8,13 @@ Serving writes none of these files; the names here follow their writers
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from recsys.bundle.manifest import MANIFEST_NAME
 from recsys.bundle.publish import CURRENT_NAME, VERSIONS_DIR
+from recsys.strict_json import without_nan
 from serving.errors import NoReport
 from serving.settings import Settings
 
@@ -101,18 +101,8 @@ def strict_json(raw: bytes, name: str, path: Path, report: Report) -> bytes:
     try:
         value = json.loads(raw)
         if isinstance(value, dict):
-            return json.dumps(_finite(value), allow_nan=False, separators=(",", ":")).encode()
+            return json.dumps(without_nan(value), allow_nan=False, separators=(",", ":")).encode()
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise NoReport(f"{name}: {path} is not valid JSON ({exc}); run {report.written_by} again") from None
     raise NoReport(f"{name}: {path} holds a JSON {type(value).__name__}, not an object; run "
                    f"{report.written_by} again")
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite(item) for item in value]
-    return value

@@ -159,9 +159,13 @@ def test_the_history_is_cut_to_its_newest_items():
     assert history_newest_first(History(seen[:, :3], np.array([[-1, 2]])), 10).tolist() == [2, 0, 1]
 
 
-@pytest.mark.parametrize(
-    ("query", "mentions"),
-    [
+def assert_422(client, url: str, mentions: str) -> None:
+    response = client.get(url)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "invalid_request" and mentions in response.json()["detail"]
+
+
+EXPLAIN_422 = [
         ("user=u0", "query.items: Field required"),
         ("items=i1", "query.user: Field required"),
         ("user=u0&items=", "query.items: String should have at least 1 character"),
@@ -174,12 +178,12 @@ def test_the_history_is_cut_to_its_newest_items():
         ("user=u0&items=i1&n=two", "query.n: Input should be a valid integer"),
         ("user=%20&items=i1", "query.user: must contain a visible character"),
         ("user=u0&items=i1&k=3", "query.k: unknown parameter"),
-    ],
-)
+]
+
+
+@pytest.mark.parametrize(("query", "mentions"), EXPLAIN_422)
 def test_bad_explain_requests_are_422_json(client, query, mentions):
-    response = client.get(f"/explain?{query}")
-    assert response.status_code == 422, response.text
-    assert response.json()["error"] == "invalid_request" and mentions in response.json()["detail"]
+    assert_422(client, f"/explain?{query}", mentions)
 
 
 def test_a_hundred_items_are_explained(client):
@@ -235,21 +239,19 @@ def test_prefixes_with_the_largest_code_point_are_ranges_too():
         assert directory.ids(rows) == expected and total == len(expected), prefix
 
 
-@pytest.mark.parametrize(
-    ("query", "mentions"),
-    [
+USERS_422 = [
         ("limit=0", "query.limit: Input should be greater than or equal to 1"),
         ("limit=201", "query.limit: Input should be less than or equal to 200"),
         ("prefix=" + "u" * 257, "query.prefix: String should have at most 256 characters"),
         ("prefix=u%00", "query.prefix: must contain a visible character and no control characters"),
         ("prefix=%20", "query.prefix: must contain a visible character"),
         ("user=u1", "query.user: unknown parameter"),
-    ],
-)
+]
+
+
+@pytest.mark.parametrize(("query", "mentions"), USERS_422)
 def test_bad_users_requests_are_422_json(client, query, mentions):
-    response = client.get(f"/users?{query}")
-    assert response.status_code == 422, response.text
-    assert response.json()["error"] == "invalid_request" and mentions in response.json()["detail"]
+    assert_422(client, f"/users?{query}", mentions)
 
 
 # ---- /reports -------------------------------------------------------------------------------------

@@ -166,18 +166,18 @@ def assert_422(client, url: str, mentions: str) -> None:
 
 
 EXPLAIN_422 = [
-        ("user=u0", "query.items: Field required"),
-        ("items=i1", "query.user: Field required"),
-        ("user=u0&items=", "query.items: String should have at least 1 character"),
-        ("user=u0&items=,,,", "query.items: no item id"),
-        ("user=u0&items=" + ",".join(f"x{i}" for i in range(101)), "query.items: 101 distinct ids; at most 100"),
-        ("user=u0&items=i1%00", "query.items: must contain a visible character and no control characters"),
-        ("user=u0&items=" + "i1," * 2000, "query.items: String should have at most 4096 characters"),
-        ("user=u0&items=i1&n=0", "query.n: Input should be greater than or equal to 1"),
-        ("user=u0&items=i1&n=21", "query.n: Input should be less than or equal to 20"),
-        ("user=u0&items=i1&n=two", "query.n: Input should be a valid integer"),
-        ("user=%20&items=i1", "query.user: must contain a visible character"),
-        ("user=u0&items=i1&k=3", "query.k: unknown parameter"),
+    ("user=u0", "query.items: Field required"),
+    ("items=i1", "query.user: Field required"),
+    ("user=u0&items=", "query.items: String should have at least 1 character"),
+    ("user=u0&items=,,,", "query.items: no item id"),
+    ("user=u0&items=" + ",".join(f"x{i}" for i in range(101)), "query.items: 101 distinct ids; at most 100"),
+    ("user=u0&items=i1%00", "query.items: must contain a visible character and no control characters"),
+    ("user=u0&items=" + "i1," * 2000, "query.items: String should have at most 4096 characters"),
+    ("user=u0&items=i1&n=0", "query.n: Input should be greater than or equal to 1"),
+    ("user=u0&items=i1&n=21", "query.n: Input should be less than or equal to 20"),
+    ("user=u0&items=i1&n=two", "query.n: Input should be a valid integer"),
+    ("user=%20&items=i1", "query.user: must contain a visible character"),
+    ("user=u0&items=i1&k=3", "query.k: unknown parameter"),
 ]
 
 
@@ -240,12 +240,12 @@ def test_prefixes_with_the_largest_code_point_are_ranges_too():
 
 
 USERS_422 = [
-        ("limit=0", "query.limit: Input should be greater than or equal to 1"),
-        ("limit=201", "query.limit: Input should be less than or equal to 200"),
-        ("prefix=" + "u" * 257, "query.prefix: String should have at most 256 characters"),
-        ("prefix=u%00", "query.prefix: must contain a visible character and no control characters"),
-        ("prefix=%20", "query.prefix: must contain a visible character"),
-        ("user=u1", "query.user: unknown parameter"),
+    ("limit=0", "query.limit: Input should be greater than or equal to 1"),
+    ("limit=201", "query.limit: Input should be less than or equal to 200"),
+    ("prefix=" + "u" * 257, "query.prefix: String should have at most 256 characters"),
+    ("prefix=u%00", "query.prefix: must contain a visible character and no control characters"),
+    ("prefix=%20", "query.prefix: must contain a visible character"),
+    ("user=u1", "query.user: unknown parameter"),
 ]
 
 

@@ -14,7 +14,7 @@ TRAIN_ARGS ?=
 COMPRESS_ARGS ?=
 
 .PHONY: setup test test-fast test-slow lint evaluate train bundles serve bench bench-train clean search-report \
-	search-personal bench-search browser page-walk
+	search-personal bench-search browser page-walk serve-replicas
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -98,6 +98,14 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
 
+# N replicas of the served bundles root behind HAProxy on $(PORT) (ops/replicas.py): each follows `current`,
+# one reloads at a time, out of rotation while it loads. `apt-get install haproxy` first.
+REPLICAS ?= 2
+serve-replicas: setup
+	@$(MAKE) --no-print-directory bundles || test -e $(BUNDLES)/compressed/current
+	$(BIN)/python -m ops.replicas --bundle $(BUNDLES)/compressed --replicas $(REPLICAS) --port $(PORT) \
+		--events-db $(EVENTS_DB)
+
 # The page at / in Chromium (network off) on the served bundle: pick a user, search, similar items, a click;
 # screenshots and what the page showed in reports/web/$(DATASET) (the click goes to a throw-away event store).
 WALK_USER ?= 196
@@ -117,6 +125,7 @@ DATA ?=
 ITEMS ?=
 USERS ?=
 EVENTS_DB ?= $(DATA_DIR)/events.sqlite
+EVENTS_URL ?=
 SERVER_URL ?= http://$(HOST):$(PORT)
 RETRAIN_ARGS ?=
 
@@ -132,7 +141,7 @@ loadtest: bundles
 # (gate) -> publish into $(BUNDLES) -> hot reload at SERVER_URL (RECSYS_ADMIN_TOKEN). E.g. RETRAIN_ARGS=--fast.
 retrain: setup
 	$(BIN)/python -m ops.retrain --dataset $(or $(DATA),$(DATASET)) $(if $(ITEMS),--items $(ITEMS)) \
-		$(if $(USERS),--users $(USERS)) --data-dir $(DATA_DIR) --events-db $(EVENTS_DB) --bundles $(BUNDLES) \
+		$(if $(USERS),--users $(USERS)) --data-dir $(DATA_DIR) $(if $(EVENTS_URL),--events-url '$(EVENTS_URL)',--events-db $(EVENTS_DB)) --bundles $(BUNDLES) \
 		--server $(SERVER_URL) --train-args='$(TRAIN_ARGS)' --compress-args='$(COMPRESS_ARGS)' $(RETRAIN_ARGS)
 
 # ---- scale ladder (README "Scale"): synthetic catalogues of 10k, 100k and 1M items ----------------------

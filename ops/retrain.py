@@ -1,11 +1,13 @@
 """``python -m ops.retrain``: logged feedback -> new model -> quality gate -> hot-reloaded server.
 
     python -m ops.retrain --dataset ml-100k --bundles artifacts/ml-100k/bundles \\
-        [--events-db data/events.sqlite] [--server http://127.0.0.1:8000] \\
+        [--events-db data/events.sqlite | --events-url postgresql://user@host:port/db] \\
+        [--server http://127.0.0.1:8000] \\
         [--train-args='--epochs 5'] [--compress-args='--tower-epochs 5'] [--threshold 0.97] [--fast] [--force]
 
 1. merge: the base log (a built-in dataset is exported first) plus every event in the server's
-   events DB, written as one Parquet log (+ catalogue, user table) in a fresh run directory;
+   event store (the SQLite file, or PostgreSQL when ``--events-url``/``RECSYS_EVENTS_URL`` is set),
+   written as one Parquet log (+ catalogue, user table) in a fresh run directory;
 2. train: ``python -m recsys.train`` into that run's model directory;
 3. compress: ``python -m compression --out BUNDLES``: distils, measures and applies the quality
    gate; only when the gate passes does it publish new versions and swap the ``current`` the
@@ -46,7 +48,7 @@ from ops.server import ReloadFailed, ServerClient
 from recsys.bundle.manifest import BundleError, load_manifest
 from recsys.bundle.publish import current_version, resolve_bundle, version_dir
 from recsys.data.datasets import BUILTIN, DEFAULT_DATA_DIR, load_dataset
-from recsys.data.events import EventStore
+from recsys.data.events import EventStoreUnavailable, open_event_store, redacted
 from recsys.data.schema import DataError
 from recsys.evaluate.backtest import backtest, load_bundle, split_rows_as_log
 from recsys.pipeline.contract import ModelSpecError
@@ -76,6 +78,7 @@ class RetrainConfig:
     bundles: Path
     work_dir: Path
     events_db: Path
+    events_url: str | None = None  # PostgreSQL; when set, events_db is not read
     data_dir: Path = DEFAULT_DATA_DIR
     items: Path | None = None
     users: Path | None = None
@@ -86,6 +89,10 @@ class RetrainConfig:
     force: bool = False
     keep_runs: int = KEEP_RUNS
 
+    @property
+    def event_store(self) -> str | Path:
+        return self.events_url or self.events_db
+
 
 def parse_args(argv: list[str] | None = None) -> RetrainConfig:
     parser = argparse.ArgumentParser(prog="python -m ops.retrain", description=__doc__.splitlines()[0])
@@ -93,8 +100,13 @@ def parse_args(argv: list[str] | None = None) -> RetrainConfig:
     parser.add_argument("--items", type=Path, help="item catalogue for a base log file")
     parser.add_argument("--users", type=Path, help="user table for a base log file")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--events-db", type=Path, default=Path(os.environ.get("RECSYS_EVENTS_DB",
-                                                                              "data/events.sqlite")))
+    store = parser.add_mutually_exclusive_group()
+    store.add_argument("--events-db", type=Path, default=Path(os.environ.get("RECSYS_EVENTS_DB",
+                                                                             "data/events.sqlite")),
+                       help="the server's SQLite event store [RECSYS_EVENTS_DB] (unused when an events URL is set)")
+    store.add_argument("--events-url", default=os.environ.get("RECSYS_EVENTS_URL") or None,
+                       help="postgresql://user@host:port/db: the server's events are in PostgreSQL "
+                       "[RECSYS_EVENTS_URL]")
     parser.add_argument("--bundles", type=Path, help="bundles root the server serves (default artifacts/NAME/bundles)")
     parser.add_argument("--work-dir", type=Path, help="run directories (default: next to --bundles, retrain/)")
     parser.add_argument("--server", default="http://127.0.0.1:8000", help="server to hot-reload")
@@ -115,7 +127,8 @@ def parse_args(argv: list[str] | None = None) -> RetrainConfig:
         parser.error(f"--train-args/--compress-args: {exc}")
     return RetrainConfig(
         dataset=args.dataset, bundles=bundles, work_dir=args.work_dir or bundles.parent / "retrain",
-        events_db=args.events_db, data_dir=args.data_dir, items=args.items, users=args.users,
+        events_db=args.events_db, events_url=args.events_url, data_dir=args.data_dir, items=args.items,
+        users=args.users,
         server=None if args.no_reload else args.server.rstrip("/"),
         train_args=[*(FAST_TRAIN if args.fast else []), *train_args],
         compress_args=[*(FAST_COMPRESS if args.fast else []), *compress_args],
@@ -126,7 +139,8 @@ class Retrain:
     def __init__(self, cfg: RetrainConfig):
         self.cfg = cfg
         self.run_dir = new_run_dir(cfg.work_dir / "runs")
-        self.record: dict = {"run": self.run_dir.name, "started_at": _now(), "config": _jsonable(vars(cfg))}
+        config = vars(cfg) | {"events_url": cfg.events_url and redacted(cfg.events_url)}  # no password on disk
+        self.record: dict = {"run": self.run_dir.name, "started_at": _now(), "config": _jsonable(config)}
         self.compressed_root, self.teacher_root = cfg.bundles / "compressed", cfg.bundles / "teacher"
         self.served_before = current_version(self.compressed_root)
 
@@ -153,19 +167,23 @@ class Retrain:
 
     def merge(self) -> tuple[LogFiles, str]:
         cfg = self.cfg
-        log.info("[1/%d] merge: base log %s + events from %s", STEPS, cfg.dataset, cfg.events_db)
+        events = redacted(cfg.event_store)
+        log.info("[1/%d] merge: base log %s + events from %s", STEPS, cfg.dataset, events)
         try:
             base = load_dataset(cfg.dataset, cfg.data_dir, cfg.items, cfg.users)
         except DataError as exc:
             raise StepFailed(f"base log: {' '.join(str(exc).split())}", 2) from exc
-        merged = merge_events(base, read_events(cfg.events_db))
+        try:
+            merged = merge_events(base, read_events(cfg.event_store))
+        except EventStoreUnavailable as exc:
+            raise StepFailed(f"step 1/{STEPS} merge: {exc}; {self.still_serving()}") from exc
         files = write_log(merged, self.run_dir / "data", base.name)
         try:  # read back exactly as training will, so the fingerprint is the one the bundle records
             fingerprint = load_dataset(str(files.interactions), cfg.data_dir, files.items, files.users).fingerprint()
         except DataError as exc:
             raise StepFailed(f"merged log does not load: {' '.join(str(exc).split())}", 2) from exc
         log.info("[1/%d] merge: %s -> %s (fingerprint %s)", STEPS, merged.describe(), files.interactions, fingerprint)
-        self.record["merge"] = {"base": cfg.dataset, "events_db": str(cfg.events_db), "n_base": merged.n_base,
+        self.record["merge"] = {"base": cfg.dataset, "events_db": events, "n_base": merged.n_base,
                                 "n_events": merged.n_events, "rows": len(merged.interactions),
                                 "new_users": merged.new_users, "new_items": merged.new_items,
                                 "log": str(files.interactions), "fingerprint": fingerprint}
@@ -274,11 +292,12 @@ def newest_events(split: Split, cutoff: int) -> pd.DataFrame:
     return split_rows_as_log(split, events[events["t"] > cutoff])
 
 
-def read_events(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        log.info("no events DB at %s: training on the base log alone", path)
+def read_events(location: str | Path) -> pd.DataFrame:
+    """Every stored event, from the SQLite file or PostgreSQL URL the server writes to."""
+    if isinstance(location, Path) and not location.exists():
+        log.info("no events DB at %s: training on the base log alone", location)
         return pd.DataFrame(columns=EVENT_COLUMNS)
-    with EventStore(path) as store:
+    with open_event_store(location) as store:
         return store.to_frame()
 
 

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi_offline import FastAPIOffline
 
-from recsys.data.events import EventStore
+from recsys.data.events import open_event_store, redacted
 from recsys.index import set_faiss_threads
 from serving.batcher import Batcher, BatchStats, ShedWhenFull
 from serving.errors import BodySizeLimit, install_error_handlers
@@ -45,7 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
         # the batcher's searches (load_serving_model's call only covers the loading thread).
         set_faiss_threads(settings.threads)
         services.batcher.start()
-        store = EventStore(settings.events_db)
+        store = open_event_store(settings.event_store)
         services.state.events = store  # the first bundle's real-time history is replayed from it
         try:
             # Only the version is kept: a reference held by this generator, which lives as long as
@@ -63,7 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
         watcher = CurrentWatcher(services.state, settings.watch_interval_s) if settings.watch_current else None
         if watcher:
             watcher.start()
-        log.info("serving bundle %s; events go to %s", version, settings.events_db)
+        log.info("serving bundle %s; events go to %s", version, redacted(settings.event_store))
         try:
             yield
         finally:

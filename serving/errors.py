@@ -17,7 +17,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recsys.data.events import InvalidEvent
+from recsys.data.events import EventStoreUnavailable, InvalidEvent
 from recsys.pipeline.served import NoSearchIndex, UnknownItemError
 from serving.schemas import ErrorResponse
 
@@ -100,11 +100,18 @@ def _event_store_busy(exc: Exception) -> str:
     return f"event store unavailable ({exc}); nothing from this request was stored, retry later"
 
 
+def _event_store_unreachable(exc: Exception) -> str:
+    # A connection lost during COMMIT leaves the outcome unknown, so this cannot say "nothing stored".
+    return (f"event store unavailable ({exc}); the request was probably not stored: retry later with the "
+            "same event ids (an event_id already stored is not stored again)")
+
+
 _FOREIGN: dict[type[Exception], tuple[int, str, Any]] = {
     UnknownItemError: (404, "unknown_item", _unknown_item),
     NoSearchIndex: (404, "no_search_index", _no_search_index),
     InvalidEvent: (422, "invalid_event", str),
     sqlite3.OperationalError: (503, "event_store_unavailable", _event_store_busy),
+    EventStoreUnavailable: (503, "event_store_unavailable", _event_store_unreachable),  # e.g. PostgreSQL down
 }
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from recsys.data.events import EventStore
+from recsys.data.events import EventLog
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class HistoryOverlay:
         self._lock = threading.Lock()
 
     def add(self, frame: pd.DataFrame) -> int:
-        """Add events (an `EventStore.to_frame` frame, indexed by id); returns how many were kept."""
+        """Add events (an `EventLog.to_frame` frame, indexed by id); returns how many were kept."""
         if frame.empty:
             return 0
         kept = frame if self.cutoff is None else frame[frame["timestamp"] > self.cutoff]
@@ -75,8 +75,9 @@ class HistoryOverlay:
     def n_users(self) -> int:
         return len(self._users)
 
-    def catch_up(self, store: EventStore, chunk: int = REPLAY_CHUNK) -> int:
-        """Read every event stored after ``last_id``; returns how many were read."""
+    def catch_up(self, store: EventLog, chunk: int = REPLAY_CHUNK) -> int:
+        """Read every event stored after ``last_id``; returns how many were read. Both stores commit ids in
+        order (`recsys.data.events_pg` says how), so resuming after the last id read never skips one."""
         read = 0
         while True:
             frame = store.to_frame(since_id=self.last_id, limit=chunk)
@@ -89,7 +90,7 @@ class HistoryOverlay:
 class OverlayFeeder:
     """A daemon thread that keeps the served bundle's overlay caught up with the event store."""
 
-    def __init__(self, overlay: Callable[[], HistoryOverlay | None], store: EventStore, interval_s: float,
+    def __init__(self, overlay: Callable[[], HistoryOverlay | None], store: EventLog, interval_s: float,
                  on_poll: Callable[[HistoryOverlay], None] | None = None):
         self.overlay = overlay
         self.store = store

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from recsys.data.events import Event, EventStore
+from recsys.data.events import Event, EventLog
 from recsys.pipeline.request import RequestError, request_time
 from recsys.pipeline.served import NoSearchIndex, Recommendation, UnknownItemError
 from recsys.search.text import MAX_QUERY_CHARS
@@ -73,7 +73,7 @@ class Services:
     state: ModelState
     metrics: ServingMetrics
     batcher: Batcher
-    events: EventStore | None = None
+    events: EventLog | None = None
     feeder: OverlayFeeder | None = None
 
 
@@ -315,21 +315,23 @@ def build_router(services: Services) -> APIRouter:
 
     @router.post("/events", status_code=202, response_model=EventsAccepted, responses=_errors(413, 422, 503))
     def post_events(events: Events) -> Response:
-        """Store one event or a batch; answered only once the batch is durable (fsynced) and in
-        this worker's real-time history (every other worker reads it within ``overlay_poll_s``).
-        Items the served bundle does not know are stored for the next retrain, listed in
-        ``unknown_items``, and not recommended until then."""
+        """Store one event or a batch; answered only once the batch is durable (committed and on
+        disk, SQLite or PostgreSQL) and in this worker's real-time history (every other worker reads
+        it within ``overlay_poll_s``). Items the served bundle does not know are stored for the next
+        retrain, listed in ``unknown_items``, and not recommended until then. Events sent with an
+        ``event_id`` are stored once: a batch that timed out or got a 5xx can be re-sent as it was
+        (``accepted`` counts what this request stored, ``duplicates`` what was already there)."""
         store, feeder = services.events, services.feeder
         if store is None or feeder is None:
             raise NotReady("the event store is not open yet: wait until GET /readyz answers 200")
         batch: list[EventIn] = events if isinstance(events, list) else [events]
-        accepted = store.append([Event(e.user, e.item, e.event, e.timestamp) for e in batch])
+        accepted = store.append([Event(e.user, e.item, e.event, e.timestamp, event_id=e.event_id) for e in batch])
         feeder.poll()
         items = list(dict.fromkeys(str(e.item) for e in batch))
         unknown = [item for item, known in zip(items, state.current().model.item_index(items) >= 0, strict=True)
                    if not known]
-        return json_response(EventsAccepted(accepted=accepted, unknown_items=unknown).model_dump_json().encode(),
-                             202)
+        body = EventsAccepted(accepted=accepted, duplicates=len(batch) - accepted, unknown_items=unknown)
+        return json_response(body.model_dump_json().encode(), 202)
 
     @router.get("/healthz", response_model=HealthResponse)
     async def healthz() -> Response:
@@ -338,10 +340,13 @@ def build_router(services: Services) -> APIRouter:
 
     @router.get("/readyz", response_model=ReadyResponse, responses=_errors(503))
     async def readyz() -> Response:
-        """200 once a bundle is loaded and its smoke query passed; 503 before."""
+        """200 once a bundle is loaded and its smoke query passed; 503 before, and (with staggered
+        reloads) while this replica loads a new bundle."""
         live = state.current()
         if services.events is None:
             raise NotReady("the event store is not open yet")
+        if state.draining is not None:  # staggered reload: out of the load balancer's rotation meanwhile
+            raise NotReady(f"loading bundle {state.draining}; {live.version} still answers requests sent here")
         return json_response(ReadyResponse(model_version=live.version).model_dump_json().encode())
 
     @router.get("/version", response_model=VersionResponse, responses=_errors(503))

@@ -136,6 +136,12 @@ def _integral(value: Any) -> Any:
     return value
 
 
+EVENT_ID_DESCRIPTION = (
+    "the client's id for this event, unique among all its events (e.g. a UUID): an event whose event_id is "
+    "already stored is not stored again (the first one sent wins) and counts in `duplicates`, so a request "
+    "that timed out or got a 5xx can be re-sent as it was; omitted: stored every time it is sent")
+
+
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -148,6 +154,7 @@ class EventIn(BaseModel):
         None, strict=True, ge=0, le=MAX_TIMESTAMP,
         description="unix seconds (not milliseconds); omitted means when the server stored it",
     )
+    event_id: external_id() | None = Field(None, description=EVENT_ID_DESCRIPTION)
 
 
 def event_in_model(max_id_length: int) -> type[EventIn]:
@@ -155,7 +162,8 @@ def event_in_model(max_id_length: int) -> type[EventIn]:
     if max_id_length == DEFAULT_MAX_ID_LENGTH:
         return EventIn
     return create_model("EventIn", __base__=EventIn,
-                        user=(external_id(max_id_length), ...), item=(external_id(max_id_length), ...))
+                        user=(external_id(max_id_length), ...), item=(external_id(max_id_length), ...),
+                        event_id=(external_id(max_id_length) | None, Field(None, description=EVENT_ID_DESCRIPTION)))
 
 
 def events_body(event_model: type[EventIn], max_events: int) -> Any:
@@ -172,7 +180,11 @@ def events_body(event_model: type[EventIn], max_events: int) -> Any:
 
 
 class EventsAccepted(BaseModel):
-    accepted: int
+    accepted: int = Field(description="events of the request stored by it (all of them when none has an event_id)")
+    duplicates: int = Field(description=(
+        "events of the request not stored again because their event_id already was (by an earlier request, "
+        "e.g. the one a retry repeats, or earlier in this batch); accepted + duplicates = events sent, so all "
+        "of the request is durable either way"))
     unknown_items: list[str] = Field(default_factory=list, description=(
         "items of the batch the served bundle does not know: stored for the next retrain, not recommended "
         "until a bundle knows them"))

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
 
     bundle: Path = Field(description="a bundles root (serves its `current` version) or one bundle directory")
     events_db: Path = Path("data/events.sqlite")
+    events_url: str | None = Field(None, pattern=r"^postgres(ql)?://", description="postgresql://user@host:port/db: "
+                                   "keep events in PostgreSQL (replicas on several machines) instead of the "
+                                   "SQLite file events_db")
     admin_token: SecretStr | None = Field(None, description="unset: /admin routes answer 403")
     threads: int = Field(1, ge=1, description="ONNX Runtime and FAISS threads per worker process")
     max_k: int = Field(100, ge=1, le=10_000)
@@ -36,6 +39,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
     watch_current: bool = Field(False, description="poll the bundles root's `current` pointer and hot-reload")
     watch_interval_s: float = Field(5.0, gt=0)
+    staggered_reload: bool = Field(False, description="replicas behind a load balancer sharing this bundles root: "
+                                   "one reloads at a time (a lock file in the root) and answers /readyz 503 "
+                                   "while it loads, so the others keep the traffic")
+    reload_settle_s: float = Field(1.0, ge=0, description="with staggered_reload: how long a replica keeps the "
+                                   "lock after it is ready again (at least the load balancer's health-check "
+                                   "interval, so it is back in rotation before the next replica leaves)")
     precompute_users: bool = True
     opentelemetry: bool = Field(False, description="FastAPI's OpenTelemetry spans and metrics, for a process "
                                 "with an OpenTelemetry provider configured (Prometheus /metrics is always on)")
@@ -55,6 +64,11 @@ class Settings(BaseSettings):
                                   "bundles root (see `serving.reports.card_directory`)")
     loadtest_dir: Path = Field(Path("reports/loadtest"), description="where GET /reports finds the load test's "
                                "summary.json and summary.png (`python -m loadtest.compare --out DIR`)")
+
+    @property
+    def event_store(self) -> str | Path:
+        """Where events go, for `recsys.data.events.open_event_store`: the PostgreSQL URL when set."""
+        return self.events_url or self.events_db
 
 
 def settings_to_env(settings: Settings) -> dict[str, str]:

@@ -8,22 +8,32 @@ keeps serving. While a reload runs, two models are in memory.
 
 Each live bundle carries its real-time history overlay (`serving.overlay`), replayed from the
 event store (the events after the bundle's data cutoff) before the swap.
+
+Replicas sharing one bundles root (``staggered_reload``) reload one at a time: each takes a lock
+file in the root (`ReloadLease`) before loading, answers /readyz 503 while it loads (so the load
+balancer sends its traffic to the others; what still arrives is answered by the old bundle), and
+keeps the lease until the balancer has had time to see it ready again. Capacity never drops below
+N - 1 replicas, and a new ``current`` reaches every replica one load after another.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import gc
 import logging
+import os
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from recsys.bundle.load import load_serving_model
 from recsys.bundle.manifest import BundleError
 from recsys.bundle.publish import resolve_bundle
-from recsys.data.events import EventStore
+from recsys.data.events import EventLog
 from recsys.pipeline.served import ServingModel
 from serving.errors import BundlePathInvalid, BundleRefused, NotReady
 from serving.ids import RequestIds
@@ -78,15 +88,54 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+LEASE_NAME = ".reload.lock"
+
+
+class ReloadLease:
+    """An exclusive lock on ``ROOT/.reload.lock`` held by the one replica of a bundles root that is
+    reloading. ``flock`` is released by the kernel when its holder dies, so a replica killed mid-load
+    never blocks the others; on shared storage it needs a filesystem with working ``flock`` (local
+    disks, NFSv4). A root this process cannot write is served without a lease (logged once)."""
+
+    def __init__(self, root: Path):
+        self.path = root / LEASE_NAME
+        self._warned = False
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        try:
+            handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if not self._warned:
+                log.warning("reload lease %s cannot be opened (%s): replicas of this root may reload together",
+                            self.path, exc.strerror or exc)
+                self._warned = True
+            yield
+            return
+        try:
+            started = time.monotonic()
+            fcntl.flock(handle, fcntl.LOCK_EX)  # waits while another replica reloads
+            waited = time.monotonic() - started
+            if waited > 0.05:
+                log.info("reload lease %s taken after waiting %.1f s for another replica", self.path, waited)
+            yield
+        finally:
+            os.close(handle)  # closing releases the flock
+
+
 class ModelState:
     def __init__(self, settings: Settings, metrics: ServingMetrics | None = None):
         self.settings = settings
         self.metrics = metrics or ServingMetrics()
         self._live: LiveModel | None = None
-        self.events: EventStore | None = None  # the lifespan opens it before the first load
+        self.events: EventLog | None = None  # the lifespan opens it before the first load
         self._swap_lock = threading.Lock()
         # Serialises reloads (admin route, watcher) so two never load at once; requests never take it.
         self._reload_lock = threading.Lock()
+        # The version being loaded while this replica is out of rotation (staggered reloads), else None.
+        self.draining: str | None = None
+        root = settings.bundle
+        self._lease = ReloadLease(root) if settings.staggered_reload and (root / "versions").is_dir() else None
 
     @property
     def live(self) -> LiveModel | None:
@@ -115,18 +164,35 @@ class ModelState:
                 self.metrics.observe_reload("unchanged")
                 log.info("reload: %s is already being served", old_version)
                 return ReloadOutcome(old_version, old_version, changed=False)
-            try:
-                live = self._open(target)
-            except Exception as exc:
-                self.metrics.observe_reload("refused")
-                self._log_refusal(target, exc, old_version)
-                raise BundleRefused(f"bundle {target} was refused, still serving {old_version}: {exc}") from exc
-            self._swap(live)
-            previous = None  # the old bundle's last reference here; requests in flight may hold it a moment
-            release_memory()
+            with self._out_of_rotation(target):
+                try:
+                    live = self._open(target)
+                except Exception as exc:
+                    self.metrics.observe_reload("refused")
+                    self._log_refusal(target, exc, old_version)
+                    raise BundleRefused(f"bundle {target} was refused, still serving {old_version}: {exc}") from exc
+                self._swap(live)
+                previous = None  # the old bundle's last reference here; requests in flight may hold it a moment
+                release_memory()
         self.metrics.observe_reload("success")
         log.info("hot-swapped bundle %s -> %s", old_version, live.version)
         return ReloadOutcome(old_version, live.version, changed=True)
+
+    @contextlib.contextmanager
+    def _out_of_rotation(self, target: Path) -> Iterator[None]:
+        """With staggered reloads: the root's lease, /readyz 503 while loading, then the lease kept
+        for ``reload_settle_s`` after this replica is ready again, so the load balancer has seen it
+        back before the next replica leaves. Without: nothing (a lone server keeps answering ready)."""
+        if self._lease is None:
+            yield
+            return
+        with self._lease.held():
+            self.draining = target.name
+            try:
+                yield
+            finally:
+                self.draining = None
+                time.sleep(self.settings.reload_settle_s)
 
     def _resolve(self, path: str | Path | None) -> Path:
         given = self.settings.bundle if path is None else Path(path)

@@ -10,6 +10,7 @@ import pytest
 from recsys.data.datasets import load_dataset
 from recsys.split import temporal_split
 from tests.fixtures.data import ROOT, checkerboard_dataset
+from tests.fixtures.postgres import postgres, postgres_url  # noqa: F401  (session server, per-test database)
 
 # Tests that read a real dataset or the trained tiny bundles are end to end: `make test-fast` skips them.
 SLOW_FIXTURES = {"data_dir", "ml100k", "ml100k_split", "tiny"}

@@ -1,3 +1,7 @@
+"""The event store's contract on both backends (``store`` and ``event_location`` come from
+tests/recsys/conftest.py: SQLite and PostgreSQL), then what only the SQLite file does: WAL, and
+the migration of a file written before event ids."""
+
 import math
 import multiprocessing
 import os
@@ -13,13 +17,13 @@ import numpy as np
 import pytest
 
 from recsys.data import events as events_module
-from recsys.data.events import COLUMNS, Event, EventStore, InvalidEvent
+from recsys.data.events import COLUMNS, Event, EventStore, InvalidEvent, open_event_store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def store(tmp_path):
+def sqlite_store(tmp_path):
     with EventStore(tmp_path / "nested" / "dir" / "events.db") as opened:
         yield opened
 
@@ -86,6 +90,9 @@ def test_empty_store_and_empty_batch(store):
         (Event("u1", "i1", timestamp=1.5), "timestamp"),
         (Event("u1", "i1", weight=math.nan), "weight"),
         (Event("u1", "i1", weight="heavy"), "weight"),
+        (Event("u1", "i1", event_id=""), "event_id is empty"),
+        (Event("u1", "i1", event_id=" "), "event_id is empty"),
+        (Event("u1", "i\x001"), "NUL"),
     ],
 )
 def test_a_batch_with_a_bad_event_stores_nothing(store, bad, message):
@@ -98,10 +105,10 @@ def test_a_batch_with_a_bad_event_stores_nothing(store, bad, message):
 
 
 def test_a_failure_inside_the_transaction_rolls_back_the_batch(store, monkeypatch):
-    # Skip the Python-side checks so the row reaches SQLite and fails there, mid-batch.
+    # Skip the Python-side checks so the row reaches the database and fails there, mid-batch.
     monkeypatch.setattr(events_module, "_validate", lambda position, event: None)
 
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(Exception, match="(?i)check constraint"):  # sqlite3's or psycopg's IntegrityError
         store.append([Event("u1", "i1"), Event("u2", "i2"), Event("", "i3")])
 
     assert store.count() == 0
@@ -133,16 +140,15 @@ def test_concurrent_appends_from_threads(store):
     assert _items(store) == _expected_items(tags)
 
 
-def _append_from_own_store(path, tag):
-    with EventStore(path) as own:
+def _append_from_own_store(location, tag):
+    with open_event_store(location) as own:
         _append_batches(own, tag)
 
 
-def test_concurrent_appends_from_processes(tmp_path):
-    path = tmp_path / "events.db"
-    parent = EventStore(path)
+def test_concurrent_appends_from_processes(event_location):
+    parent = open_event_store(event_location)
     tags = ["proc0", "proc1"]
-    processes = [_fork_context().Process(target=_append_from_own_store, args=(path, tag)) for tag in tags]
+    processes = [_fork_context().Process(target=_append_from_own_store, args=(event_location, tag)) for tag in tags]
     for process in processes:
         process.start()
     _append_batches(parent, "parent")
@@ -166,13 +172,12 @@ def test_a_forked_child_can_use_an_inherited_store(store):
     assert store.count() == 6
 
 
-def test_rows_survive_the_process_dying_right_after_append(tmp_path):
-    path = tmp_path / "events.db"
+def test_rows_survive_the_process_dying_right_after_append(event_location):
     script = textwrap.dedent(
         f"""
         import os
-        from recsys.data.events import Event, EventStore
-        store = EventStore({str(path)!r})
+        from recsys.data.events import Event, open_event_store
+        store = open_event_store({str(event_location)!r})
         store.append([Event("u", f"i{{n}}", timestamp=n) for n in range(50)])
         os._exit(0)
         """
@@ -180,15 +185,15 @@ def test_rows_survive_the_process_dying_right_after_append(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=60)
 
-    with EventStore(path) as reopened:
+    with open_event_store(event_location) as reopened:
         frame = reopened.to_frame()
     assert frame["item_id"].tolist() == [f"i{n}" for n in range(50)]
     assert frame["timestamp"].tolist() == list(range(50))
 
 
-def test_store_is_in_wal_mode_with_full_sync(store):
-    store.append([Event("u", "i")])
-    with store._locked() as conn:
+def test_store_is_in_wal_mode_with_full_sync(sqlite_store):
+    sqlite_store.append([Event("u", "i")])
+    with sqlite_store._locked() as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
@@ -198,3 +203,95 @@ def test_close_then_reuse_reopens(store):
     store.close()
     store.close()
     assert store.count() == 1
+
+
+# The table as every events.sqlite written before event ids has it.
+OLD_SCHEMA = """
+CREATE TABLE events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id     TEXT    NOT NULL CHECK (length(user_id) > 0),
+    item_id     TEXT    NOT NULL CHECK (length(item_id) > 0),
+    event       TEXT    NOT NULL CHECK (length(event) > 0),
+    timestamp   INTEGER NOT NULL,
+    weight      REAL    NOT NULL,
+    received_at REAL    NOT NULL
+)
+"""
+OLD_INSERT = "INSERT INTO events (user_id, item_id, event, timestamp, weight, received_at) VALUES (?, ?, ?, ?, ?, ?)"
+
+
+def _old_file(path: Path, rows: int) -> Path:
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(OLD_SCHEMA)
+        conn.executemany(OLD_INSERT, [("old", f"i{n}", "click", n, 1.0, 0.0) for n in range(rows)])
+    conn.close()
+    return path
+
+
+def _event_id_column_and_index(path: Path) -> tuple[list[str], list[tuple]]:
+    conn = sqlite3.connect(path)
+    try:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(events)")]
+        unique = [(row[1], row[2]) for row in conn.execute("PRAGMA index_list(events)") if row[2]]
+    finally:
+        conn.close()
+    return columns, unique
+
+
+def test_an_old_file_gets_event_ids_and_keeps_its_rows(tmp_path):
+    path = _old_file(tmp_path / "old.sqlite", rows=3)
+
+    with EventStore(path) as store:
+        assert store.to_frame()["item_id"].tolist() == ["i0", "i1", "i2"]
+        assert store.append([Event("u", "new", event_id="e1"), Event("u", "again", event_id="e1")]) == 1
+        assert store.append([Event("u", "retry", event_id="e1"), Event("u", "no-id")]) == 1
+        assert store.to_frame(since_id=3)["item_id"].tolist() == ["new", "no-id"]
+    columns, unique = _event_id_column_and_index(path)
+    assert columns[-1] == "event_id" and unique == [("events_event_id", 1)]
+    EventStore(path).close()
+    assert _event_id_column_and_index(path) == (columns, unique)  # reopening changes nothing
+
+    # A server of the previous version, still running during an upgrade, can append to the migrated file.
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(OLD_INSERT, ("old", "late", "click", 9, 1.0, 0.0))
+    conn.close()
+    with EventStore(path) as store:
+        assert store.count() == 6
+
+
+def test_a_new_file_and_a_migrated_one_have_the_same_event_id_constraint(tmp_path):
+    EventStore(tmp_path / "new.sqlite").close()
+    EventStore(_old_file(tmp_path / "old.sqlite", rows=1)).close()
+
+    new_columns, new_unique = _event_id_column_and_index(tmp_path / "new.sqlite")
+    old_columns, old_unique = _event_id_column_and_index(tmp_path / "old.sqlite")
+    assert new_columns == old_columns and new_unique == old_unique == [("events_event_id", 1)]
+
+
+def _open_and_append(path, tag):
+    with EventStore(path) as store:
+        store.append([Event(tag, "i", event_id=tag)])
+
+
+def test_workers_opening_an_old_file_at_once_migrate_it_once(tmp_path):
+    path = _old_file(tmp_path / "old.sqlite", rows=2)
+    tags = [f"worker{n}" for n in range(4)]
+    processes = [_fork_context().Process(target=_open_and_append, args=(path, tag)) for tag in tags]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=30)
+
+    assert [process.exitcode for process in processes] == [0] * len(tags)
+    with EventStore(path) as store:
+        assert sorted(store.to_frame()["user_id"]) == ["old", "old", *tags]
+    assert _event_id_column_and_index(path)[0].count("event_id") == 1
+
+
+def test_a_postgresql_url_without_its_driver_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "recsys.data.events_pg", None)  # as if psycopg were not installed
+
+    with pytest.raises(events_module.EventStoreUnavailable, match=r"driver is missing.*pip install 'psycopg\["):
+        open_event_store("postgresql://shop:s3cret@db/events")

@@ -22,11 +22,12 @@ def stored(settings) -> int:
 
 def test_one_event_and_a_batch_are_accepted(client, settings):
     one = client.post("/events", json={"user": "u0", "item": "i3", "event": "purchase", "timestamp": 1_700_000_000})
-    assert one.status_code == 202 and one.json() == {"accepted": 1, "unknown_items": []}
+    assert one.status_code == 202 and one.json() == {"accepted": 1, "duplicates": 0, "unknown_items": []}
     batch = [{"user": "brand-new-user", "item": "brand-new-item"}, {"user": "u1", "item": "i2", "event": "view"}]
     response = client.post("/events", json=batch)
     # Stored for the next retrain, but the served bundle cannot recommend an item it does not know.
-    assert response.status_code == 202 and response.json() == {"accepted": 2, "unknown_items": ["brand-new-item"]}
+    assert response.status_code == 202 and response.json() == {"accepted": 2, "duplicates": 0,
+                                                                "unknown_items": ["brand-new-item"]}
     with EventStore(settings.events_db) as store:
         frame = store.to_frame()
     assert frame["user_id"].tolist() == ["u0", "brand-new-user", "u1"]
@@ -58,6 +59,11 @@ BAD_BODIES = {
     "one bad event in a batch": b'[{"user": "u0", "item": "i1"}, {"user": "u0", "item": 5}]',
     "lone surrogate in a key": b'{"user": "u0", "item": "i1", "\\ud800": 1}',
     "too many events": json.dumps([{"user": "u", "item": "i"}] * 1001).encode(),
+    "empty event_id": b'{"user": "u0", "item": "i1", "event_id": ""}',
+    "blank event_id": b'{"user": "u0", "item": "i1", "event_id": "  "}',
+    "event_id with a control character": b'{"user": "u0", "item": "i1", "event_id": "e\\u0007"}',
+    "over-long event_id": json.dumps({"user": "u0", "item": "i1", "event_id": "e" * 257}).encode(),
+    "event_id is a number": b'{"user": "u0", "item": "i1", "event_id": 17}',
 }
 
 

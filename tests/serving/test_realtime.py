@@ -49,7 +49,7 @@ def test_events_for_unknown_items_are_stored_but_not_recommended(client, bundles
     user = bundles.split.users.ids[1]
     before = top(client, user)
     response = client.post("/events", json={"user": user, "item": "not-in-the-catalogue"})
-    assert response.json() == {"accepted": 1, "unknown_items": ["not-in-the-catalogue"]}
+    assert response.json() == {"accepted": 1, "duplicates": 0, "unknown_items": ["not-in-the-catalogue"]}
     assert top(client, user) == before
 
 

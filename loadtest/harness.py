@@ -13,6 +13,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +39,13 @@ _LISTENING = re.compile(r"Uvicorn running on (http://127\.0\.0\.1:\d+)")
 
 class HarnessError(RuntimeError):
     """A server or Locust run could not be started or produced no stats."""
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (for a server that must be told its port: HAProxy, PostgreSQL)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def pinned(command: Sequence[str], core: int | None) -> list[str]:

@@ -20,7 +20,6 @@ import io
 import logging
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.harness import HarnessError, running_server, stop
+from loadtest.harness import HarnessError, free_port, running_server, stop
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +48,6 @@ class BalancerMissing(RuntimeError):
 
 def haproxy_available() -> bool:
     return shutil.which(HAPROXY) is not None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def haproxy_config(port: int, stats_port: int, backends: Sequence[str], check_ms: int = CHECK_INTERVAL_MS) -> str:

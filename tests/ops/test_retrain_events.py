@@ -10,10 +10,10 @@ import json
 import pandas as pd
 import pytest
 
+from loadtest.harness import free_port
 from ops.retrain import Retrain, StepFailed, parse_args, read_events
 from recsys.data.events import Event, open_event_store
 from tests.fixtures.postgres import import_driver
-from tests.fixtures.servers import free_port
 
 EVENTS = [Event("1", "12", "click", timestamp=500, event_id="e1"), Event("7", "99", "purchase", timestamp=501)]
 

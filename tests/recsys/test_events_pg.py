@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
+from loadtest.harness import free_port
 from recsys.data.events import Event, EventStore, EventStoreUnavailable, open_event_store, redacted
 from tests.fixtures.postgres import import_driver
-from tests.fixtures.servers import free_port
 
 psycopg = import_driver()  # recsys.data.events_pg needs it too: imported by the tests that use it
 

@@ -9,10 +9,11 @@ import sys
 import httpx
 import pytest
 
+from loadtest.harness import free_port
 from recsys.data.events import EventStore
 from serving.settings import Settings, settings_to_env
 from tests.fixtures.data import ROOT
-from tests.fixtures.servers import free_port, running_server
+from tests.fixtures.servers import running_server
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -18,12 +18,13 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from loadtest.harness import free_port
 from recsys.data.events import open_event_store
 from serving.__main__ import main as serving_main
 from serving.app import create_app
 from serving.settings import Settings
 from tests.fixtures.postgres import import_driver
-from tests.fixtures.servers import free_port, running_server
+from tests.fixtures.servers import running_server
 
 psycopg = import_driver()
 CLIENT_TIMEOUT_S = 10

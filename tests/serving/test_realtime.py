@@ -8,9 +8,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from loadtest.harness import free_port
 from serving.app import create_app
 from serving.settings import Settings
-from tests.fixtures.servers import ADMIN_TOKEN, free_port, running_server
+from tests.fixtures.servers import ADMIN_TOKEN, running_server
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

@@ -14,7 +14,7 @@ TRAIN_ARGS ?=
 COMPRESS_ARGS ?=
 
 .PHONY: setup test test-fast test-slow lint evaluate train bundles serve bench bench-train clean search-report \
-	search-personal bench-search browser page-walk serve-replicas
+	search-personal bench-search browser page-walk serve-replicas bench-outofcore bench-events scale-plan
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -113,6 +113,19 @@ WALK_QUERY ?= star wars
 page-walk: bundles browser
 	$(BIN)/python -m ops.browser --bundle $(BUNDLES)/compressed --user $(WALK_USER) --query "$(WALK_QUERY)" \
 		--out reports/web/$(DATASET)
+
+# Out-of-core validation, split and training examples on a 100M-interaction synthetic log (DuckDB, 6GB limit):
+# ~14 min to generate the log once, ~4 min per run after; peak RSS ~6 GB. Writes reports/bench/outofcore.
+bench-outofcore: setup
+	$(BIN)/python -m benchmarks.bench_outofcore --interactions 100000000 --out reports/bench/outofcore
+
+# Durable event appends per second, SQLite vs a throw-away PostgreSQL (needs `apt-get install postgresql`).
+bench-events: setup
+	$(BIN)/python -m benchmarks.bench_events --out reports/bench/events
+
+# docs/scale.md from the measured reports (load test, index, events, out-of-core, DDP).
+scale-plan: setup
+	$(BIN)/python -m ops.scale_plan --out docs/scale.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

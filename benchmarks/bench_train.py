@@ -59,16 +59,21 @@ def run_training(dataset_args: list[str], model_dir: Path, extra: list[str], log
     return result
 
 
-def ladder_dataset(n_interactions: int, data_dir: Path, n_items: int | None = None) -> list[str]:
-    """recsys.train's dataset flags for a synthetic-1m-shaped log with ``n_interactions`` rows
-    (and ``n_items`` items instead of 1M, for a quick run)."""
+def ladder_log(n_interactions: int, data_dir: Path, n_items: int | None = None):
+    """A synthetic-1m-shaped log with ``n_interactions`` rows (and ``n_items`` items instead of
+    1M, for a quick run), generated into ``data_dir`` once and reused while its config matches."""
     from recsys.data.synthetic import PRESETS, ensure_generated
 
     preset = PRESETS["synthetic-1m"]
     n_items = n_items or preset.n_items
     cfg = replace(preset, n_interactions=n_interactions, n_users=n_interactions // INTERACTIONS_PER_USER,
                   n_items=n_items, n_categories=min(preset.n_categories, n_items))
-    paths = ensure_generated(cfg, data_dir / f"ladder-{n_items}-{n_interactions}")
+    return ensure_generated(cfg, data_dir / f"ladder-{n_items}-{n_interactions}")
+
+
+def ladder_dataset(n_interactions: int, data_dir: Path, n_items: int | None = None) -> list[str]:
+    """recsys.train's dataset flags for `ladder_log`'s log."""
+    paths = ladder_log(n_interactions, data_dir, n_items)
     return ["--dataset", str(paths.interactions), "--items", str(paths.items)]
 
 

@@ -1,0 +1,7 @@
+"""`python -m recsys.outofcore`."""
+
+import sys
+
+from recsys.outofcore.cli import main
+
+sys.exit(main())

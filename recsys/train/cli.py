@@ -5,6 +5,10 @@ protocol, trains the towers with early stopping on validation NDCG@10, then the 
 candidates with early stopping on the full pipeline's validation NDCG@10, and writes one model
 directory (`recsys.train.model_dir`) that records config, seed, data fingerprint, curves and library
 versions. ``--skip-ranker`` stops after the towers; ranker flags are prefixed ``--ranker-``.
+
+``torchrun --nproc_per_node=N -m recsys.train ...`` trains the towers data-parallel over N processes
+at the same global ``--batch-size`` (`recsys.train.distributed`); rank 0 validates and writes the
+model directory, then trains the ranker alone (the ranker is single-process for now).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from recsys.models.ranker import RankerConfig
 from recsys.models.two_tower import TwoTowerConfig
 from recsys.pipeline.feature_tables import build_feature_tables
 from recsys.split import GATE_EVENTS, Split, temporal_split
+from recsys.train.distributed import SINGLE, World, barrier, cleanup, init_world
 from recsys.train.model_dir import (
     CONFIG,
     RANKER,
@@ -41,16 +46,20 @@ log = logging.getLogger(__name__)
 
 
 def train_towers_into(out: Path, dataset: Dataset, split: Split, model_cfg: TwoTowerConfig,
-                      train_cfg: TowerTrainConfig, held_out: int = 1) -> dict:
+                      train_cfg: TowerTrainConfig, held_out: int = 1, world: World = SINGLE) -> dict:
+    """Train the towers (on every rank under torchrun) and write them to ``out`` (rank 0 alone;
+    the others wait until it has)."""
     item_tokens = build_token_table(dataset.items, "item_id", split.items)
     user_tokens = build_token_table(dataset.users, "user_id", split.users)
-    result = train_two_tower(split, model_cfg, train_cfg, item_tokens, user_tokens)
+    result = train_two_tower(split, model_cfg, train_cfg, item_tokens, user_tokens, world=world)
     config = {"dataset": dataset.name, "fingerprint": dataset.fingerprint(), "source": dataset.source,
               "seed": train_cfg.seed, "held_out": held_out, "tower_training": train_cfg.to_dict(),
               "tower_result": {"best_epoch": result.best_epoch, "valid_NDCG@10": result.best_ndcg,
                                "seconds": round(result.seconds, 1), "curve": result.curve,
                                "throughput": result.throughput}}
-    save_towers(out, result.model, split.users, split.items, item_tokens, user_tokens, config)
+    if world.is_main:
+        save_towers(out, result.model, split.users, split.items, item_tokens, user_tokens, config)
+    barrier(world)
     log.info("saved towers to %s (best epoch %d, valid NDCG@10 %.4f, %.0f s)", out, result.best_epoch,
              result.best_ndcg, result.seconds)
     return config
@@ -123,7 +132,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--users", help="user table for a user log")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
     parser.add_argument("--skip-ranker", nargs="?", const=True, default=False, type=_parse_bool, metavar="BOOL",
-                        help="train the retrieval towers only")
+                        help="train the retrieval towers only (under torchrun the ranker trains on rank 0 "
+                             "alone, after the towers)")
     parser.add_argument("--held-out", type=int, default=GATE_EVENTS, metavar="K",
                         help=f"train without each user's last K interactions (default {GATE_EVENTS}): the "
                              "compression gate scores them one step at a time; 1 = the protocol's split")
@@ -140,13 +150,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 RANKER_FIXED = ("dim", "n_dense", "feature_names")  # set from the towers and the feature tables
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, world: World = SINGLE) -> dict:
+    """Under torchrun every rank trains the towers; then the group is closed and rank 0 carries on alone."""
     dataset = load_dataset(args.dataset, args.data_dir, args.items, args.users)
     split = temporal_split(dataset, args.held_out)
     model_cfg = _pick(args, TwoTowerConfig, n_users=split.n_users, n_items=split.n_items)
     train_cfg = _pick(args, TowerTrainConfig)
     out = Path(args.out)
-    config = train_towers_into(out, dataset, split, model_cfg, train_cfg, args.held_out)
+    config = train_towers_into(out, dataset, split, model_cfg, train_cfg, args.held_out, world)
+    cleanup(world)
+    if not world.is_main:
+        return config
+    if world.distributed and not args.skip_ranker:
+        log.info("ranker: single-process, on rank 0 alone (the other ranks have finished)")
     if args.skip_ranker:
         # The feature tables still carry the popularity order unknown users fall back to.
         (out / RANKER).unlink(missing_ok=True)
@@ -162,9 +178,14 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    world = init_world()
+    if not world.is_main:  # rank 0 speaks for the run; the others only warn
+        logging.getLogger().setLevel(logging.WARNING)
     try:
-        run(args)
+        run(args, world)
     except (DataError, ModelDirError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
+    finally:
+        cleanup(world)
     return 0

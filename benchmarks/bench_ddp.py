@@ -58,7 +58,7 @@ def markdown(record: dict) -> str:
     rows = record["rows"]
     mean, low, high = record["difference"]
     lines = ["# Data-parallel tower training: torchrun vs one process (ml-100k)", "",
-             f"`python -m benchmarks.bench_ddp` ({record['command']}): towers only, global batch "
+             f"`{record['command']}`: towers only, global batch "
              f"{record['batch_size']}, {record['epochs']} epochs, seeds {record['seeds']}; {record['processes']} gloo "
              "ranks split each global batch and gather the in-batch negatives across ranks. Layer dropout draws "
              "masks per rank, so the arms match in distribution, not bit for bit (bit-level checks: "

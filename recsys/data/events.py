@@ -190,7 +190,56 @@ def events_frame(rows: Sequence[tuple]) -> pd.DataFrame:
     return frame.astype(_DTYPES).set_index("id")
 
 
-class EventStore:
+class OneConnectionPerProcess:
+    """What both stores share: one connection per process, opened on first use (`_open`) and used
+    under a lock, dropped without closing in a child after fork(), and a context manager."""
+
+    def __init__(self) -> None:
+        self._conn = None
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close this process's connection; a later call reopens it."""
+        self._forget_parent_connection()
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
+
+    @contextmanager
+    def _locked(self) -> Iterator:
+        self._forget_parent_connection()
+        with self._lock:
+            yield self._connection()
+
+    def _forget_parent_connection(self) -> None:
+        # Connections must not cross fork(): a child that inherited this store drops the parent's
+        # connection and lock without touching them (closing could disturb the parent's SQLite file
+        # locks or talk over its PostgreSQL socket) and opens its own.
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._conn = None
+            self._lock = threading.Lock()
+
+    def _connection(self):
+        if self._conn is None:
+            self._conn = self._open()
+        return self._conn
+
+    def _open(self):
+        raise NotImplementedError
+
+
+class EventStore(OneConnectionPerProcess):
     """Append-only event log in one SQLite file, safe across threads and processes.
 
     Rows get an increasing ``id``; :meth:`to_frame` returns it as the frame's index, so a reader
@@ -200,22 +249,12 @@ class EventStore:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS):
+        super().__init__()
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._locked() as conn:
             self._create_or_migrate(conn)
-
-    def __enter__(self) -> EventStore:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def append(self, events: Sequence[Event]) -> int:
         """Store a batch in one transaction: either every event is durable or none is.
@@ -253,14 +292,6 @@ class EventStore:
             rows = conn.execute(_SELECT_SINCE, (since_id, -1 if limit is None else limit)).fetchall()
         return events_frame(rows)
 
-    def close(self) -> None:
-        """Close this process's connection; a later call reopens it."""
-        self._forget_parent_connection()
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-            self._conn = None
-
     def _create_or_migrate(self, conn: sqlite3.Connection) -> None:
         """Create the table, or add ``event_id`` to a file written before it existed.
 
@@ -279,26 +310,6 @@ class EventStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-
-    @contextmanager
-    def _locked(self) -> Iterator[sqlite3.Connection]:
-        self._forget_parent_connection()
-        with self._lock:
-            yield self._connection()
-
-    def _forget_parent_connection(self) -> None:
-        # SQLite connections must not cross fork(): a child that inherited this store drops the
-        # parent's connection and lock without touching them (closing could disturb the
-        # parent's file locks) and opens its own.
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._conn = None
-            self._lock = threading.Lock()
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = self._open()
-        return self._conn
 
     def _open(self) -> sqlite3.Connection:
         is_new = not self.path.exists()

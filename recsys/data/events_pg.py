@@ -16,11 +16,8 @@ once either way.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from types import TracebackType
 
 import pandas as pd
 import psycopg
@@ -29,6 +26,7 @@ from recsys.data.events import (
     DEFAULT_BUSY_TIMEOUT_MS,
     Event,
     EventStoreUnavailable,
+    OneConnectionPerProcess,
     events_frame,
     redacted,
     validated_rows,
@@ -77,7 +75,7 @@ _TAKE_APPEND_LOCK = "SELECT pg_advisory_xact_lock(%s)"
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg.InternalError)
 
 
-class PgEventStore:
+class PgEventStore(OneConnectionPerProcess):
     """Append-only event log in one PostgreSQL table, safe across threads, processes and machines.
 
     One connection per process, used under a lock (as `EventStore` does); a connection lost with
@@ -85,22 +83,12 @@ class PgEventStore:
     """
 
     def __init__(self, url: str, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS):
+        super().__init__()
         self.url = url
         self.location = redacted(url)
         self.busy_timeout_ms = busy_timeout_ms
-        self._conn: psycopg.Connection | None = None
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
         with self._locked() as conn:
             self._create_table(conn)
-
-    def __enter__(self) -> PgEventStore:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def append(self, events: Sequence[Event]) -> int:
         """Store a batch in one transaction: either every event is durable or none is.
@@ -133,14 +121,6 @@ class PgEventStore:
             rows = conn.execute(_SELECT_SINCE, bounds).fetchall()
         return events_frame(rows)
 
-    def close(self) -> None:
-        """Close this process's connection; a later call reopens it."""
-        self._forget_parent_connection()
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-            self._conn = None
-
     def _create_table(self, conn: psycopg.Connection) -> None:
         # Checked before CREATE: a role allowed to write the table need not be allowed to create one.
         if conn.execute(_TABLE_EXISTS).fetchone()[0]:
@@ -158,10 +138,9 @@ class PgEventStore:
 
     @contextmanager
     def _locked(self) -> Iterator[psycopg.Connection]:
-        self._forget_parent_connection()
-        with self._lock:
+        with super()._locked() as conn:
             try:
-                yield self._connection()
+                yield conn
             except _UNAVAILABLE as exc:
                 self._discard()
                 raise EventStoreUnavailable(f"event store {self.location}: {_first_line(exc)}") from exc
@@ -172,20 +151,6 @@ class PgEventStore:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-    def _forget_parent_connection(self) -> None:
-        # A child that inherited this store must not talk over the parent's socket: it drops the
-        # parent's connection without closing it (psycopg leaves a connection made by another
-        # process alone when collected) and opens its own.
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._conn = None
-            self._lock = threading.Lock()
-
-    def _connection(self) -> psycopg.Connection:
-        if self._conn is None:
-            self._conn = self._open()
-        return self._conn
 
     def _open(self) -> psycopg.Connection:
         # autocommit: transactions are explicit (conn.transaction() in append), and a read does

@@ -28,14 +28,22 @@ CSV_SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": None, ".inter": "\t"}
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV/TSV/Parquet file as-is; every failure becomes a DataError naming the file."""
-    path = Path(path)
+def table_suffix(path: Path) -> str:
+    """The lower-cased suffix of a readable CSV/TSV/Parquet file; a DataError naming the file otherwise."""
     if not path.exists():
         raise DataError(str(path), "file not found")
     if path.is_dir():
         raise DataError(str(path), "is a directory, expected a CSV or Parquet file")
     suffix = path.suffix.lower()
+    if suffix not in PARQUET_SUFFIXES and suffix not in CSV_SUFFIXES:
+        raise DataError(str(path), f"unsupported file type '{suffix}': use .csv, .tsv or .parquet")
+    return suffix
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV/TSV/Parquet file as-is; every failure becomes a DataError naming the file."""
+    path = Path(path)
+    suffix = table_suffix(path)
     try:
         if suffix in PARQUET_SUFFIXES:
             return pd.read_parquet(path)
@@ -44,7 +52,6 @@ def read_table(path: str | Path) -> pd.DataFrame:
             return pd.read_csv(path, sep=sep, engine="python" if sep is None else "c")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
         raise DataError(str(path), f"cannot be parsed: {exc}") from None
-    raise DataError(str(path), f"unsupported file type '{suffix}': use .csv, .tsv or .parquet")
 
 
 def _sample_row(frame: pd.DataFrame, mask: np.ndarray) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import duckdb
 
-from recsys.data.loaders import CSV_SUFFIXES, PARQUET_SUFFIXES
+from recsys.data.loaders import CSV_SUFFIXES, table_suffix
 from recsys.data.schema import INTERACTION_REQUIRED, ITEM, MAX_ID_LENGTH, TIME, USER, WEIGHT, DataError
 from recsys.outofcore.engine import ident, quote
 
@@ -58,13 +58,7 @@ class _Table:
 def open_table(con: duckdb.DuckDBPyConnection, path: str | Path, work_dir: Path, view: str) -> _Table:
     """Register ``view`` over a CSV/TSV/Parquet file plus its row positions; read_table's errors."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(str(path), "file not found")
-    if path.is_dir():
-        raise DataError(str(path), "is a directory, expected a CSV or Parquet file")
-    suffix = path.suffix.lower()
-    if suffix not in PARQUET_SUFFIXES and suffix not in CSV_SUFFIXES:
-        raise DataError(str(path), f"unsupported file type '{suffix}': use .csv, .tsv or .parquet")
+    suffix = table_suffix(path)
     source = path
     try:
         if suffix in CSV_SUFFIXES:

@@ -235,6 +235,20 @@ class OneConnectionPerProcess:
             self._conn = self._open()
         return self._conn
 
+    def append(self, events: Sequence[Event]) -> int:
+        """Store a batch in one transaction: either every event is durable or none is.
+
+        Returns how many were stored now: an event whose ``event_id`` is already stored (by an
+        earlier batch or earlier in this one) is skipped, so ``len(events) - stored`` are duplicates.
+        """
+        rows = validated_rows(events)
+        if not rows:
+            return 0
+        return self._append_rows(rows)
+
+    def _append_rows(self, rows: list[tuple]) -> int:
+        raise NotImplementedError
+
     def _open(self):
         raise NotImplementedError
 
@@ -256,15 +270,8 @@ class EventStore(OneConnectionPerProcess):
         with self._locked() as conn:
             self._create_or_migrate(conn)
 
-    def append(self, events: Sequence[Event]) -> int:
-        """Store a batch in one transaction: either every event is durable or none is.
-
-        Returns how many were stored now: an event whose ``event_id`` is already stored (by an
-        earlier batch or earlier in this one) is skipped, so ``len(events) - stored`` are duplicates.
-        """
-        rows = validated_rows(events)
-        if not rows:
-            return 0
+    def _append_rows(self, rows: list[tuple]) -> int:
+        """One transaction for validated rows (`OneConnectionPerProcess.append`)."""
         with self._locked() as conn:
             # IMMEDIATE takes the write lock up front, so concurrent writers queue on
             # busy_timeout rather than failing when a read lock cannot be upgraded.

@@ -16,7 +16,7 @@ once either way.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pandas as pd
@@ -24,12 +24,10 @@ import psycopg
 
 from recsys.data.events import (
     DEFAULT_BUSY_TIMEOUT_MS,
-    Event,
     EventStoreUnavailable,
     OneConnectionPerProcess,
     events_frame,
     redacted,
-    validated_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -90,15 +88,8 @@ class PgEventStore(OneConnectionPerProcess):
         with self._locked() as conn:
             self._create_table(conn)
 
-    def append(self, events: Sequence[Event]) -> int:
-        """Store a batch in one transaction: either every event is durable or none is.
-
-        Returns how many were stored now: an event whose ``event_id`` is already stored (by an
-        earlier batch or earlier in this one) is skipped, so ``len(events) - stored`` are duplicates.
-        """
-        rows = validated_rows(events)
-        if not rows:
-            return 0
+    def _append_rows(self, rows: list[tuple]) -> int:
+        """One transaction for validated rows (`OneConnectionPerProcess.append`)."""
         with self._locked() as conn, conn.transaction():
             conn.execute(_TAKE_APPEND_LOCK, (APPEND_LOCK_KEY,))
             stored = self._insert(conn, rows)

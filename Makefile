@@ -14,7 +14,8 @@ TRAIN_ARGS ?=
 COMPRESS_ARGS ?=
 
 .PHONY: setup test test-fast test-slow lint evaluate train bundles serve bench bench-train clean search-report \
-	search-personal bench-search browser page-walk serve-replicas bench-outofcore bench-events scale-plan train-ddp bench-ddp
+	search-personal bench-search browser page-walk serve-replicas bench-outofcore bench-events scale-plan train-ddp bench-ddp \
+	bench-replicas
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -104,7 +105,14 @@ REPLICAS ?= 2
 serve-replicas: setup
 	@$(MAKE) --no-print-directory bundles || test -e $(BUNDLES)/compressed/current
 	$(BIN)/python -m ops.replicas --bundle $(BUNDLES)/compressed --replicas $(REPLICAS) --port $(PORT) \
-		--events-db $(EVENTS_DB)
+		$(if $(EVENTS_URL),--events-url '$(EVENTS_URL)',--events-db $(EVENTS_DB))
+
+# Locust through HAProxy to 2 replicas while `make retrain` publishes twice, the log's newest interactions
+# replayed as events into a throw-away PostgreSQL (~35 min on ml-100k, +17 min the first time for the start
+# bundles in artifacts/bench-replicas): reports/bench/replicas/$(DATASET).
+bench-replicas: setup
+	$(BIN)/python -m benchmarks.bench_replicas --dataset $(DATASET) --data-dir $(DATA_DIR) \
+		--out reports/bench/replicas/$(DATASET)
 
 # The page at / in Chromium (network off) on the served bundle: pick a user, search, similar items, a click;
 # screenshots and what the page showed in reports/web/$(DATASET) (the click goes to a throw-away event store).

@@ -8,7 +8,7 @@ Mix (``RECSYS_LOADTEST_MIX=full``): /recommend 55% (known users weighted by hist
 unknown users, a cart to exclude now and then), /search 20% when the bundle has a search index
 (one or two words of a catalogue title; half anonymous, half signed in), /similar 20% (popular and
 long-tail items, a few unknown ones that must 404), POST /events 5%; without a search index its
-share goes to the others. ``MIX=recommend`` sends only ``/recommend?k=10`` (what loadtest.compare
+share goes to the others. ``MIX=reads`` is the same without POST /events. ``MIX=recommend`` sends only ``/recommend?k=10`` (what loadtest.compare
 measures); ``MIX=recommend+search`` sends that and ``/search?k=10`` in equal shares (its light
 phase). ``RECSYS_LOADTEST_RATE=R`` paces each user at R requests/s
 (fixed-rate mode: constant throughput per user, each from a random phase); unset, users loop with
@@ -39,7 +39,10 @@ from recsys.bundle.manifest import BundleError
 log = logging.getLogger("loadtest")
 
 FULL_MIX = {"recommend": 55, "search": 20, "similar": 20, "events": 5}
-MIXES = {"full": FULL_MIX, "recommend": {"recommend": 1}, "recommend+search": {"recommend": 1, "search": 1}}
+# "reads": the full mix without POST /events, for a run whose events are real ones replayed beside it
+# (benchmarks/bench_replicas.py): Locust's random clicks would become the next model's training data.
+MIXES = {"full": FULL_MIX, "reads": {action: w for action, w in FULL_MIX.items() if action != "events"},
+         "recommend": {"recommend": 1}, "recommend+search": {"recommend": 1, "search": 1}}
 SIMILAR_UNKNOWN_SHARE = 0.02
 EXCLUDE_SHARE = 0.2
 SIGNED_IN_SHARE = 0.5  # searches sent with a user id (the rest are anonymous)

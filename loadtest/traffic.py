@@ -25,7 +25,7 @@ from recsys.data.idmap import IdMap
 from recsys.search.text import words
 
 ENV_PREFIX = "RECSYS_LOADTEST_"
-MIXES = ("full", "recommend", "recommend+search")
+MIXES = ("full", "reads", "recommend", "recommend+search")
 CHECK_LEVELS = ("full", "shape")
 POPULAR_SHARE = 0.1  # the most popular tenth of the catalogue counts as "popular" for /similar
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")

@@ -122,8 +122,17 @@ def search_report_section(reports: Path) -> list[str]:
     return lines
 
 
+def replicas_section(reports: Path) -> list[str]:
+    """Replicas behind HAProxy while `make retrain` publishes (`benchmarks.bench_replicas`)."""
+    lines = []
+    for path in sorted((reports / "bench" / "replicas").glob("*/summary.md")):
+        chart = path.with_name("timeline.png").as_posix()
+        lines += ["##" + path.read_text().replace("](timeline.png)", f"]({chart})"), ""]  # its heading one down
+    return lines
+
+
 def results_block(reports: Path) -> str:
-    lines = [BEGIN, "", *scale_section(reports), *search_report_section(reports)]
+    lines = [BEGIN, "", *scale_section(reports), *search_report_section(reports), *replicas_section(reports)]
     for card in sorted((reports / "compression").glob("*/card.json")):
         if card.parent.name in SCALE_DATASETS and card.parent.name not in FULL_CARD_SCALES:
             continue

@@ -108,16 +108,17 @@ def replica_env(check_ms: int = CHECK_INTERVAL_MS) -> dict[str, str]:
 
 
 @contextmanager
-def running_replicas(bundle: Path, n: int, events_db: Path, logs: Path, port: int = 0,
+def running_replicas(bundle: Path, n: int, events: str | Path, logs: Path, port: int = 0,
                      env: dict[str, str] | None = None) -> Iterator[Replicas]:
-    """``n`` replicas of ``bundle`` (a bundles root) and HAProxy in front on ``port`` (0: a free one)."""
+    """``n`` replicas of ``bundle`` (a bundles root) and HAProxy in front on ``port`` (0: a free one);
+    ``events`` is the store they share: a SQLite file, or a ``postgresql://`` URL."""
     if not haproxy_available():
         raise BalancerMissing(f"no `{HAPROXY}` on PATH: {INSTALL_HINT}")
     with ExitStack() as stack:
         urls = []
         for i in range(n):
             command = [sys.executable, "-m", "serving", "--bundle", str(bundle), "--host", "127.0.0.1",
-                       "--port", "0", "--events-db", str(events_db)]
+                       "--port", "0", *store_flag(events)]
             _, url = stack.enter_context(running_server(command, logs / f"replica-{i}.log",
                                                         env={**replica_env(), **(env or {})}))
             urls.append(url)
@@ -130,6 +131,11 @@ def running_replicas(bundle: Path, n: int, events_db: Path, logs: Path, port: in
         _wait_all_up(replicas, balancer)
         log.info("HAProxy on %s in front of %s", replicas.url, ", ".join(urls))
         yield replicas
+
+
+def store_flag(events: str | Path) -> list[str]:
+    """`python -m serving`'s flag for the event store at ``events``."""
+    return ["--events-url", str(events)] if "://" in str(events) else ["--events-db", str(events)]
 
 
 @contextmanager
@@ -163,7 +169,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bundle", required=True, help="a bundles root (its `current` is served and followed)")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--port", type=int, default=8000, help="HAProxy's port on 127.0.0.1")
-    parser.add_argument("--events-db", default="data/events.sqlite", help="the event store every replica shares")
+    store = parser.add_mutually_exclusive_group()
+    store.add_argument("--events-db", default="data/events.sqlite", help="the SQLite event store every replica "
+                       "shares (one machine)")
+    store.add_argument("--events-url", help="postgresql://user@host:port/db: the event store every replica shares")
     parser.add_argument("--logs", default=None, help="directory for the replicas' and HAProxy's logs (default: a "
                         "temporary one)")
     args = parser.parse_args(argv)
@@ -184,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     logs = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="recsys-replicas-"))
     logs.mkdir(parents=True, exist_ok=True)
     try:
-        with running_replicas(Path(args.bundle), args.replicas, Path(args.events_db), logs, args.port) as replicas:
+        with running_replicas(Path(args.bundle), args.replicas, args.events_url or Path(args.events_db), logs,
+                              args.port) as replicas:
             log.info("serving %s through %s (logs in %s); Ctrl-C stops", args.bundle, replicas.url, logs)
             stopped.wait()
     except (BalancerMissing, HarnessError) as exc:

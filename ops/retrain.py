@@ -276,8 +276,11 @@ class Retrain:
         except ReloadFailed as exc:
             raise StepFailed(f"step 4/{STEPS} reload: {exc}", 3) from exc
         self.record["reload"] = outcome
-        log.info("[4/%d] reload: %s now serves %s (was %s)", STEPS, cfg.server, outcome["version"],
-                 outcome["previous_version"])
+        if outcome["previous_version"] == outcome["version"]:  # e.g. a replica that follows `current` itself
+            log.info("[4/%d] reload: %s already serves %s", STEPS, cfg.server, outcome["version"])
+        else:
+            log.info("[4/%d] reload: %s now serves %s (was %s)", STEPS, cfg.server, outcome["version"],
+                     outcome["previous_version"])
 
     def still_serving(self) -> str:
         now = current_version(self.compressed_root)

@@ -35,7 +35,11 @@ class ServerClient:
         return True
 
     def reload(self, expected_versions: set[str]) -> dict[str, Any]:
-        """``POST /admin/reload`` (re-resolve the server's bundles root), then check ``/version``."""
+        """``POST /admin/reload`` (re-resolve the server's bundles root); its answer names the version now served.
+
+        That answer, not a later ``GET /version``: behind a load balancer the second request may reach
+        another replica, which follows ``current`` on its own (`ops.replicas`) and may not have switched yet.
+        """
         if not self.admin_token:
             raise ReloadFailed(f"a server is running at {self.base_url} but RECSYS_ADMIN_TOKEN is not set here: "
                                "export the server's token and run again (it skips straight to the reload), "
@@ -43,10 +47,10 @@ class ServerClient:
         headers = {"Authorization": f"Bearer {self.admin_token}", "Content-Type": "application/json"}
         try:
             outcome = self._call("POST", "/admin/reload", b"{}", headers, RELOAD_TIMEOUT_S)
-            served = self._call("GET", "/version", timeout=PROBE_TIMEOUT_S)["bundle_version"]
+            served = outcome["version"]
         except urllib.error.HTTPError as exc:
             raise ReloadFailed(f"{self.base_url} answered HTTP {exc.code}: {_detail(exc)}") from exc
-        except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+        except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError) as exc:
             raise ReloadFailed(f"{self.base_url} did not complete the reload ({exc})") from exc
         if served not in expected_versions:
             raise ReloadFailed(

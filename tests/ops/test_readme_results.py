@@ -46,3 +46,12 @@ def test_the_smaller_rungs_appear_in_the_scale_table_not_as_full_cards(tmp_path)
     assert "### Scale" in block and "| 10,000 |" in block
     assert "Compression report card: synthetic-10k" not in block
     assert "Load test: synthetic-10k" not in block
+
+
+def test_the_replica_drill_is_shown_with_its_chart_path_from_the_readme(tmp_path):
+    drill = tmp_path / "bench" / "replicas" / "ml-100k"
+    drill.mkdir(parents=True)
+    (drill / "summary.md").write_text("# 2 replicas behind HAProxy\n\n| bar | passed |\n\n![timeline](timeline.png)\n")
+    block = results_block(tmp_path)
+    assert "### 2 replicas behind HAProxy" in block.splitlines()  # under "## Results"
+    assert f"![timeline]({(drill / 'timeline.png').as_posix()})" in block

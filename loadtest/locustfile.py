@@ -8,9 +8,9 @@ Mix (``RECSYS_LOADTEST_MIX=full``): /recommend 55% (known users weighted by hist
 unknown users, a cart to exclude now and then), /search 20% when the bundle has a search index
 (one or two words of a catalogue title; half anonymous, half signed in), /similar 20% (popular and
 long-tail items, a few unknown ones that must 404), POST /events 5%; without a search index its
-share goes to the others. ``MIX=reads`` is the same without POST /events. ``MIX=recommend`` sends only ``/recommend?k=10`` (what loadtest.compare
-measures); ``MIX=recommend+search`` sends that and ``/search?k=10`` in equal shares (its light
-phase). ``RECSYS_LOADTEST_RATE=R`` paces each user at R requests/s
+share goes to the others. ``MIX=reads`` is the same without POST /events. ``MIX=recommend`` sends
+only ``/recommend?k=10`` (what loadtest.compare measures); ``MIX=recommend+search`` sends that and
+``/search?k=10`` in equal shares (its light phase). ``RECSYS_LOADTEST_RATE=R`` paces each user at R requests/s
 (fixed-rate mode: constant throughput per user, each from a random phase); unset, users loop with
 no think time. Other knobs: ``UNKNOWN_SHARE``,
 ``CHECKS=full|shape``, ``LATENCIES=path.json``, ``MAX_FAIL_RATIO`` (default 0), ``P99_SLO_MS``,

@@ -32,6 +32,7 @@ def good_result() -> dict:
                    "history": []},
         "replay": {"posted": 600, "answered_202": 600, "n_failed": 0, "failed": [], "stored": 600,
                    "rate_per_s": 1.5, "held_back": 3000},
+        "gate_threshold": 0.9,
         "capacity": {"samples": 900, "min_up": 1, "samples_by_up": {1: 40, 2: 860}, "bar_min_up": 1},
         "retrains": [{"retrain": 1, "exit": 0, "seconds": 480.0, "before": "v1", "published": "v2",
                       "events_merged": 120, "events_in_store_at_start": 110, "switch_s": [1.5, 3.2],

@@ -481,7 +481,10 @@ def markdown(result: dict) -> str:
     lines += ["", f"The retrains run with `--threshold {result['gate_threshold']:g}`, not the default 0.97: this "
               "drill measures serving while bundles are published, and on this base log the default gate refuses "
               "the compressed student (ratio and interval in the start build's card), which would leave nothing "
-              "to publish. A refused retrain leaves `current` and the replicas untouched."]
+              "to publish. A refused retrain leaves `current` and the replicas untouched.", "",
+              f"Start build (the base log alone): {result.get('start_gate')}"
+              + (" The drill started from its teacher: compression publishes the teacher when a first build's "
+                 "student is refused." if "refused" in str(result.get("start_gate")) else "")]
     lines += ["", "| request | count | failed | p50 ms | p99 ms |", "|---|--:|--:|--:|--:|"]
     lines += [f"| {name} | {s['requests']} | {s['failures']} | {s['p50_ms']:.0f} | {s['p99_ms']:.0f} |"
               for name, s in result["locust"]["by_name"].items()]
